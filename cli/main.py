@@ -1,0 +1,260 @@
+"""``delegation``: stack, worker, decisions, feature flags, schemas and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from core.feature_flags import FLAG_NAMES, FlagsFileError, get_feature_flags, write_flags_file
+from core.models import DelegationRequest, describe_validation_error
+from core.settings import PROJECT_ROOT, get_settings
+
+app = typer.Typer(help="Delegation decisions on Temporal.", no_args_is_help=True, add_completion=False)
+stack_app = typer.Typer(help="The local stack: Temporal dev server and the embedded LLM.", no_args_is_help=True)
+flags_app = typer.Typer(help="Live feature flags: rollout and rollback without a restart.", no_args_is_help=True)
+schemas_app = typer.Typer(help="JSON Schemas of the wire contract.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(flags_app, name="flags")
+app.add_typer(schemas_app, name="schemas")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+# ---- stack -----------------------------------------------------------------------------------
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start the Temporal dev server and (without another endpoint) the embedded LLM, then wait for health."""
+    from worker.stack import Stack, StackError
+
+    stack = Stack(get_settings())
+    try:
+        with console.status("starting Temporal dev server and the LLM endpoint (first start joins the model)"):
+            statuses = stack.up()
+    except StackError as err:
+        _fail(str(err))
+    _print_status(statuses)
+    console.print(f"Temporal UI: [link]{stack.ui_address}[/link]")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the services started by `stack up`."""
+    from worker.stack import Stack
+
+    stopped = Stack(get_settings()).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Pid and health of each service; exits 1 when one is unhealthy."""
+    from worker.stack import Stack
+
+    statuses = Stack(get_settings()).status()
+    _print_status(statuses)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
+    table = Table("service", "pid", "healthy", "address", "log")
+    for s in statuses:
+        table.add_row(s.name, str(s.pid or "-"), "yes" if s.healthy else "[red]no[/]", s.address, str(s.log))
+    console.print(table)
+
+
+# ---- worker and decisions --------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """Run the worker (same as `python -m worker`) until Ctrl-C or SIGTERM."""
+    from worker.main import main
+
+    main()
+
+
+@app.command("decide")
+def decide_command(
+    title: Annotated[str, typer.Option(help="Task title.")],
+    description: Annotated[str, typer.Option(help="Task description.")] = "",
+    priority: Annotated[str, typer.Option(help="low, normal, high or urgent.")] = "normal",
+    routing_key: Annotated[str | None, typer.Option(help="Key for the rollout bucket (default: task id).")] = None,
+    task_id: Annotated[str | None, typer.Option(help="Task id (default: a new one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the decision.")] = 180.0,
+) -> None:
+    """Run one decision through DelegationWorkflow (a worker must be running) and print the record."""
+    try:
+        request = DelegationRequest(
+            task_id=task_id or f"cli-{uuid.uuid4().hex[:12]}",
+            title=title,
+            description=description,
+            priority=priority,  # type: ignore[arg-type]
+            routing_key=routing_key,
+        )
+    except ValidationError as err:
+        _fail(describe_validation_error(err, model_name="DelegationRequest"), code=2)
+        return
+    record = asyncio.run(_decide_once(request, timeout))
+    if as_json:
+        print(record.model_dump_json())
+        return
+    decision = record.decision
+    table = Table("field", "value", show_header=False)
+    table.add_row("workflow", record.workflow_id)
+    table.add_row("variant", f"{record.variant}{' (fallback)' if record.fallback_used else ''}")
+    table.add_row("program", record.program_version)
+    if decision:
+        table.add_row("assignee", decision.assignee_id)
+        table.add_row("delegate", str(decision.should_delegate))
+        table.add_row("confidence", f"{decision.confidence:.2f}")
+        table.add_row("reasoning", decision.reasoning)
+    table.add_row("latency", f"{record.latency_ms:.0f} ms")
+    table.add_row("bucket", f"{record.bucket} (rollout {record.rollout_percentage} %)")
+    console.print(table)
+
+
+async def _decide_once(request: DelegationRequest, timeout: float):  # type: ignore[no-untyped-def]
+    from temporalio.client import WorkflowFailureError
+
+    from workflows.client import connect, start_delegation
+
+    settings = get_settings()
+    try:
+        client = await connect(settings.temporal_address, settings.temporal_namespace)
+    except RuntimeError as err:
+        _fail(f"cannot reach Temporal at {settings.temporal_address} ({err}); run `delegation stack up`")
+    handle = await start_delegation(client, request, task_queue=settings.task_queue, request_eager_start=False)
+    try:
+        return await asyncio.wait_for(handle.result(), timeout)
+    except TimeoutError:
+        _fail(f"no decision within {timeout:.0f} s for {handle.id}: is a worker running (`delegation worker`)?")
+    except WorkflowFailureError as err:
+        _fail(f"decision failed for {handle.id}: {err.cause}")
+
+
+# ---- flags -----------------------------------------------------------------------------------
+
+
+def _parse_bool(name: str, value: str | None) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    _fail(f"{name} must be true or false, not {value!r}", code=2)
+    return None
+
+
+def _write_flags(updates: dict[str, object]) -> None:
+    settings = get_settings()
+    try:
+        write_flags_file(settings.flags_file, updates, updated_by="delegation-cli")
+    except (ValidationError, FlagsFileError) as err:
+        message = describe_validation_error(err, model_name="flags") if isinstance(err, ValidationError) else str(err)
+        _fail(f"{message}; the flags file was not changed", code=2)
+    _show_flags()
+
+
+def _show_flags() -> None:
+    settings = get_settings()
+    reading = get_feature_flags().read()
+    table = Table("flag", "value")
+    for name, value in reading.flags.as_env().items():
+        table.add_row(name, str(value))
+    console.print(table)
+    console.print(f"live flags file: {settings.flags_file}")
+    if reading.error:
+        err_console.print(f"[bold red]rejected:[/] {reading.error}")
+
+
+@flags_app.command("show")
+def flags_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The flags in force (flags file over environment over env file over defaults)."""
+    if as_json:
+        print(json.dumps(get_feature_flags().get_all_flags()))
+        return
+    _show_flags()
+
+
+@flags_app.command("set")
+def flags_set(
+    use_dspy: Annotated[str | None, typer.Option("--use-dspy", help="USE_DSPY_DELEGATION: true or false.")] = None,
+    percentage: Annotated[int | None, typer.Option("--percentage", help="DSPY_ROLLOUT_PERCENTAGE, 0-100.")] = None,
+    log_decisions: Annotated[str | None, typer.Option("--log-decisions", help="LOG_DELEGATION_DECISIONS.")] = None,
+) -> None:
+    """Set live flag values; running workers use them for the next decision."""
+    updates: dict[str, object] = {}
+    if (value := _parse_bool("--use-dspy", use_dspy)) is not None:
+        updates["USE_DSPY_DELEGATION"] = value
+    if percentage is not None:
+        updates["DSPY_ROLLOUT_PERCENTAGE"] = percentage
+    if (value := _parse_bool("--log-decisions", log_decisions)) is not None:
+        updates["LOG_DELEGATION_DECISIONS"] = value
+    if not updates:
+        _fail(f"nothing to set; give at least one of --use-dspy, --percentage, --log-decisions ({FLAG_NAMES})", 2)
+    _write_flags(updates)
+
+
+@flags_app.command("rollout")
+def flags_rollout(percentage: Annotated[int, typer.Argument(help="Share of routing keys on DSPy, 0-100.")]) -> None:
+    """Turn DSPy on for a share of routing keys (0 → 10 → 25 → 50 → 100; raising keeps keys on DSPy)."""
+    _write_flags({"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": percentage})
+
+
+@flags_app.command("rollback")
+def flags_rollback() -> None:
+    """Send every decision to Instructor now: DSPy off, 0 %."""
+    _write_flags({"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0})
+
+
+# ---- schemas ---------------------------------------------------------------------------------
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out_dir: Annotated[Path, typer.Option(help="Folder for the schema files.")] = PROJECT_ROOT / "schemas",
+) -> None:
+    """Write the JSON Schemas of DelegationRequest and DecisionRecord."""
+    from core.schemas import write_schemas
+
+    for path in write_schemas(out_dir):
+        console.print(f"wrote {path}")
+
+
+# ---- demo ------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo_command(
+    serve: Annotated[bool, typer.Option(help="Keep the worker serving after the demo until Ctrl-C.")] = True,
+    limit: Annotated[int | None, typer.Option(help="Send only the first N sample tasks.")] = None,
+) -> None:
+    """Run a worker, send the bundled sample tasks through DelegationWorkflow and print the results."""
+    from cli.demo import run_demo
+
+    sys.exit(asyncio.run(run_demo(get_settings(), console, serve=serve, limit=limit)))
+
+
+if __name__ == "__main__":
+    app()

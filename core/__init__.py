@@ -1,0 +1,1 @@
+"""Settings, feature flags and the wire contract (standard library and pydantic only)."""

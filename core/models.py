@@ -1,0 +1,153 @@
+"""The wire contract: what upstream services send, what the service answers and records.
+
+Standard library and pydantic only: workflow code imports this module.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+SELF_ID = "self"
+MAX_TEXT_BYTES = 8 * 1024
+MAX_REASONING_CHARS = 400
+MAX_CANDIDATES = 32
+
+Priority = Literal["low", "normal", "high", "urgent"]
+Variant = Literal["instructor", "dspy"]
+AssigneeId = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
+]
+
+
+class Assignee(BaseModel):
+    """A candidate the task can be given to: a human or an agent, or the assistant itself (``self``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: AssigneeId
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+    kind: Literal["human", "agent"]
+    description: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+class DelegationRequest(BaseModel):
+    """One task to decide on. ``assignees=None`` means the default team; ``routing_key=None`` means ``task_id``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/-]+$"),
+    ]
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TEXT_BYTES)]
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TEXT_BYTES)] = ""
+    priority: Priority = "normal"
+    assignees: list[Assignee] | None = Field(default=None, max_length=MAX_CANDIDATES)
+    routing_key: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = None
+
+    @field_validator("assignees")
+    @classmethod
+    def _candidates_are_usable(cls, value: list[Assignee] | None) -> list[Assignee] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("no candidates: send at least one assignee, or omit the field for the default team")
+        seen: set[str] = set()
+        duplicates = sorted({a.id for a in value if a.id in seen or seen.add(a.id)})  # type: ignore[func-returns-value]
+        if duplicates:
+            raise ValueError(f"duplicate candidate ids: {', '.join(duplicates)}")
+        return value
+
+    @model_validator(mode="after")
+    def _text_fits(self) -> DelegationRequest:
+        size = len(self.title.encode("utf-8")) + len(self.description.encode("utf-8"))
+        if size > MAX_TEXT_BYTES:
+            raise ValueError(
+                f"title and description hold {size} bytes of text together; the limit is {MAX_TEXT_BYTES} bytes"
+            )
+        return self
+
+    @property
+    def effective_routing_key(self) -> str:
+        """The key that picks the rollout bucket."""
+        return self.routing_key or self.task_id
+
+    @property
+    def workflow_id(self) -> str:
+        """The Temporal workflow id for this task: one decision per task."""
+        return f"delegation-{self.task_id}"
+
+
+class DelegationDecision(BaseModel):
+    """Who takes the task. Validated against the request's candidates via ``context={"candidate_ids": [...]}``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    assignee_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    should_delegate: bool = True
+    reasoning: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_REASONING_CHARS)] = ""
+    confidence: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("assignee_id")
+    @classmethod
+    def _assignee_in_candidates(cls, value: str, info: ValidationInfo) -> str:
+        context = info.context or {}
+        candidate_ids = context.get("candidate_ids")
+        if candidate_ids is not None and value not in candidate_ids:
+            raise ValueError(f"assignee_id must be one of the candidate ids {sorted(candidate_ids)}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _delegate_unless_self(cls, data: Any) -> Any:
+        # should_delegate is derived, never trusted from the model's answer.
+        if isinstance(data, dict) and "assignee_id" in data:
+            assignee = str(data["assignee_id"]).strip()
+            data = {**data, "should_delegate": assignee != SELF_ID}
+        return data
+
+
+class DecisionRecord(BaseModel):
+    """Everything known about one decision: the A/B arm, who answered, how fast, and why it failed if it did."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workflow_id: str
+    run_id: str
+    task_id: str
+    request: DelegationRequest
+    decision: DelegationDecision | None
+    variant: Variant = Field(description="The decider that produced the decision (or failed last).")
+    assigned_variant: Variant = Field(description="The arm the feature flags chose for this request.")
+    program_version: str
+    model: str
+    latency_ms: float = Field(ge=0)
+    fallback_used: bool
+    error: str | None
+    bucket: int = Field(ge=0, le=9999)
+    rollout_percentage: int = Field(ge=0, le=100)
+    decided_at: datetime
+
+
+def describe_validation_error(error: ValidationError, *, model_name: str | None = None) -> str:
+    """A one-line summary naming each bad field, without echoing the input (it may hold personal data)."""
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{location}: {message}")
+    title = model_name or error.title
+    return f"invalid {title}: " + "; ".join(parts)

@@ -1,0 +1,122 @@
+"""Serving the DSPy decider: program loading, per-call LM context, answer validation."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from core.models import MAX_REASONING_CHARS, DelegationDecision, DelegationRequest, describe_validation_error
+from core.team import candidates_for
+from ml.dspy_modules import DelegationDecider
+from ml.errors import InvalidDecisionError, ProgramLoadError
+from ml.policy import format_candidates, format_task
+
+if TYPE_CHECKING:
+    import dspy
+
+    from ml.llm_endpoint import LLMEndpoint
+
+BASE_PROGRAM_VERSION = "dspy-base"
+# Keys that would let a program file point the LM somewhere else, or carry a key (dspy#9334).
+_FORBIDDEN_STATE_KEYS = {"lm", "api_base", "base_url", "api_key", "model"}
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    program: DelegationDecider
+    version: str
+
+
+def _find_forbidden_keys(node: Any, path: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{path}.{key}" if path else str(key)
+            if key in _FORBIDDEN_STATE_KEYS and value not in (None, "", {}):
+                found.append(here)
+            found.extend(_find_forbidden_keys(value, here))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.extend(_find_forbidden_keys(value, f"{path}[{index}]"))
+    return found
+
+
+def load_program(path: Path | None) -> LoadedProgram:
+    """The program saved at ``path`` (state-only JSON), or the unoptimized module when there is none."""
+    if path is None:
+        return LoadedProgram(DelegationDecider(), BASE_PROGRAM_VERSION)
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProgramLoadError(f"program file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ProgramLoadError(f"program file {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    # Demos are examples; only the predictor configuration may not carry LM settings.
+    forbidden = [p for p in _find_forbidden_keys(state) if ".demos[" not in p]
+    if forbidden:
+        raise ProgramLoadError(f"program file {path} tries to set LM settings at {forbidden}: refusing it")
+    program = DelegationDecider()
+    try:
+        program.load(str(path))
+    except Exception as err:  # dspy raises several types for an incompatible state
+        raise ProgramLoadError(f"program file {path} does not fit DelegationDecider: {err}") from None
+    return LoadedProgram(program, path.stem)
+
+
+class DSPyDecider:
+    """Runs the DSPy program with ``await program.acall(...)`` inside ``dspy.context``."""
+
+    def __init__(self, lm: dspy.LM, endpoint: LLMEndpoint, loaded: LoadedProgram) -> None:
+        import dspy
+
+        self._lm = lm
+        self._endpoint = endpoint
+        self._loaded = loaded
+        # JSON output, asked for natively, rather than the ChatAdapter's parse-then-retry fallback.
+        self._adapter = dspy.JSONAdapter()
+
+    @property
+    def model(self) -> str:
+        return self._endpoint.model
+
+    @property
+    def lm(self) -> dspy.LM:
+        return self._lm
+
+    @property
+    def program_version(self) -> str:
+        return self._loaded.version
+
+    async def decide(self, request: DelegationRequest) -> tuple[DelegationDecision, float]:
+        """Return a decision validated against the request's candidates, and the latency in ms."""
+        import dspy
+
+        candidates = candidates_for(request)
+        ids = {c.id for c in candidates}
+        started = time.perf_counter()
+        with dspy.context(lm=self._lm, adapter=self._adapter):
+            prediction = await self._loaded.program.acall(
+                candidates=format_candidates(candidates),
+                task=format_task(request.title, request.description, request.priority),
+            )
+        latency_ms = (time.perf_counter() - started) * 1000
+        confidence = prediction.confidence
+        if isinstance(confidence, int | float) and 1 < confidence <= 100:
+            confidence = confidence / 100  # same reading of a percentage as the Instructor path
+        try:
+            decision = DelegationDecision.model_validate(
+                {
+                    "assignee_id": str(prediction.assignee_id).strip(),
+                    "confidence": confidence,
+                    "reasoning": str(prediction.reasoning or "")[:MAX_REASONING_CHARS],
+                },
+                context={"candidate_ids": ids},
+            )
+        except ValidationError as err:
+            raise InvalidDecisionError(describe_validation_error(err, model_name="DSPy answer")) from None
+        return decision, latency_ms

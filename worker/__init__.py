@@ -1,0 +1,1 @@
+"""The Temporal worker and the local stack (dev server, embedded LLM)."""

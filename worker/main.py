@@ -1,0 +1,135 @@
+"""Builds the deciders, the store and the flag provider, and runs the Temporal worker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+
+from loguru import logger
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.deciders import Decider, DeciderActivities
+from activities.flags import FlagActivities
+from activities.recording import RecordActivities
+from core.feature_flags import FeatureFlagProvider
+from core.settings import Settings, env_file_for, get_settings
+from ml.decision_store import DecisionStore
+from ml.llm_endpoint import LLMEndpoint, resolve_endpoint
+from workflows.converter import DATA_CONVERTER
+from workflows.delegation import DelegationWorkflow
+
+# Headroom over the LLM timeout for one decider attempt: connection setup and validation.
+_DECIDE_TIMEOUT_MARGIN_S = 15.0
+
+
+@dataclass
+class WorkerDependencies:
+    """Everything the activities need; tests build it with stand-ins for the LLM."""
+
+    endpoint: LLMEndpoint
+    instructor: Decider
+    dspy: Decider
+    store: DecisionStore
+    flags: FeatureFlagProvider
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Loguru to stderr, one line per event."""
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} | {level:<7} | {name} | {message}")
+
+
+def build_dependencies(settings: Settings) -> WorkerDependencies:
+    """Real deciders against the configured endpoint, the SQLite store and the live flags."""
+    from ml.dspy_decider import DSPyDecider, load_program
+    from ml.instructor_decider import InstructorDecider
+    from ml.llm_endpoint import build_async_openai, build_dspy_lm
+
+    endpoint = resolve_endpoint(settings)
+    logger.info("LLM endpoint: {} model {} ({})", endpoint.base_url, endpoint.model, endpoint.provider)
+    lm = build_dspy_lm(endpoint)
+    loaded = load_program(settings.dspy_program_path)
+    logger.info("DSPy program version {}", loaded.version)
+    return WorkerDependencies(
+        endpoint=endpoint,
+        instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
+        dspy=DSPyDecider(lm, endpoint, loaded),
+        store=DecisionStore(settings.decision_db_path, settings.decision_log_path),
+        flags=FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)),
+    )
+
+
+def build_worker(
+    client: Client,
+    deps: WorkerDependencies,
+    *,
+    task_queue: str,
+    max_concurrent_activities: int,
+    decide_timeout_s: float,
+) -> Worker:
+    """A worker for ``DelegationWorkflow`` and its activities."""
+    deciders = DeciderActivities(deps.instructor, deps.dspy, deps.endpoint)
+    flags = FlagActivities(deps.flags, decide_timeout_s=decide_timeout_s)
+    recording = RecordActivities(deps.store)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[DelegationWorkflow],
+        activities=[
+            flags.read_feature_flags,
+            deciders.decide_with_instructor,
+            deciders.decide_with_dspy,
+            recording.record_decision,
+        ],
+        max_concurrent_activities=max_concurrent_activities,
+        max_concurrent_local_activities=64,
+    )
+
+
+def default_concurrency(settings: Settings, endpoint: LLMEndpoint) -> int:
+    """LLM activities at once: the embedded server's slots (extra calls would only queue and time out)."""
+    if settings.worker_max_concurrent_activities is not None:
+        return settings.worker_max_concurrent_activities
+    return settings.local_llm_parallel if endpoint.embedded else 16
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Connect, run the worker, and shut down cleanly when ``stop`` is set or on SIGINT/SIGTERM."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    deps = build_dependencies(settings)
+    import dspy
+
+    # Once, from this task; activities only ever use `dspy.context` (dspy#8203).
+    dspy.configure(lm=getattr(deps.dspy, "lm", None))
+    if deps.endpoint.embedded:
+        from ml.local_server import wait_until_ready
+
+        await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 120.0)
+    client = await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
+    )
+    worker = build_worker(
+        client,
+        deps,
+        task_queue=settings.task_queue,
+        max_concurrent_activities=default_concurrency(settings, deps.endpoint),
+        decide_timeout_s=settings.llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S,
+    )
+    logger.info("worker serving task queue {!r} on {}", settings.task_queue, settings.temporal_address)
+    async with worker:
+        await stop.wait()
+        logger.info("shutting down: finishing in-flight tasks")
+    logger.info("worker stopped")
+
+
+def main() -> None:
+    """Entry point of ``python -m worker`` and ``delegation worker``."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
