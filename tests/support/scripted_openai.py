@@ -1,0 +1,91 @@
+"""A scripted OpenAI-compatible chat-completions server on loopback, for plumbing tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Responder = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+def completion(content: str, *, model: str = "scripted", finish_reason: str = "stop") -> dict[str, Any]:
+    """A chat.completion body whose message content is ``content``."""
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": finish_reason, "message": {"role": "assistant", "content": content}}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+def routing_answer(assignee_id: str, confidence: float = 0.9, reasoning: str = "Rule applies.") -> tuple[int, dict]:
+    """A 200 response carrying a routing answer as JSON text."""
+    body = json.dumps({"assignee_id": assignee_id, "confidence": confidence, "reasoning": reasoning})
+    return 200, completion(body)
+
+
+def error(status: int, message: str = "scripted failure") -> tuple[int, dict]:
+    return status, {"error": {"message": message, "type": "server_error", "code": status}}
+
+
+def last_user_text(request: dict[str, Any]) -> str:
+    """The content of the last user message in a chat request."""
+    for message in reversed(request.get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            return content if isinstance(content, str) else json.dumps(content)
+    return ""
+
+
+class ScriptedOpenAI:
+    """Serves /v1/chat/completions from a responder function; records every request body."""
+
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                length = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                outer.requests.append(body)
+                outer.headers.append(dict(self.headers))
+                if not self.path.endswith("/chat/completions"):
+                    status, payload = 404, {"error": {"message": f"no route {self.path}"}}
+                else:
+                    status, payload = outer.responder(body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> ScriptedOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
