@@ -22,7 +22,7 @@ class FlagActivities:
         """Current flags, the key's bucket and the chosen variant."""
         reading = self._provider.read()
         if reading.error:
-            logger.error("feature flags rejected: {}", reading.error)
+            logger.error("feature flags rejected: {}; keeping the last good flags {}", reading.error, reading.flags.as_env())
         flags = reading.flags
         bucket = rollout_bucket(routing.routing_key)
         return RoutingChoice(

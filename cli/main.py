@@ -185,7 +185,7 @@ def _show_flags() -> None:
     console.print(table)
     console.print(f"live flags file: {settings.flags_file}")
     if reading.error:
-        err_console.print(f"[bold red]rejected:[/] {reading.error}")
+        err_console.print(f"[bold red]rejected:[/] {reading.error}; the values above are the last good flags")
 
 
 @flags_app.command("show")

@@ -76,6 +76,7 @@ class FlagsReading(BaseModel):
 
     flags: FeatureFlags
     error: str | None = None
+    kept_last_good: bool = False
 
 
 class FlagsFileError(ValueError):
@@ -132,7 +133,7 @@ class FeatureFlagProvider:
     def _keep_last_good(self, error: str) -> FlagsReading:
         with self._lock:
             kept = self._last_good
-        return FlagsReading(flags=kept, error=f"{error}; keeping the last good flags {kept.as_env()}")
+        return FlagsReading(flags=kept, error=error, kept_last_good=True)
 
     def get_all_flags(self) -> dict[str, bool | int]:
         """The flags in force, under their environment names."""
@@ -143,8 +144,8 @@ def write_flags_file(path: Path, updates: dict[str, Any], *, updated_by: str = "
     """Validate and atomically write new live flag values, merged over the file's current ones.
 
     Only values that pass validation are written, so a rollout command can never leave a
-    broken file behind. Returns the flags the file now sets (values absent from the file
-    still come from the environment).
+    broken file behind. Returns the written values over the coded defaults (a running
+    process takes flags the file does not set from its environment instead).
     """
     unknown = sorted(set(updates) - set(FLAG_NAMES))
     if unknown:

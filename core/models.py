@@ -5,10 +5,10 @@ Standard library and pydantic only: workflow code imports this module.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -139,7 +139,7 @@ class DecisionRecord(BaseModel):
     error: str | None
     bucket: int = Field(ge=0, le=9999)
     rollout_percentage: int = Field(ge=0, le=100)
-    decided_at: datetime
+    decided_at: AwareDatetime
 
 
 def describe_validation_error(error: ValidationError, *, model_name: str | None = None) -> str:

@@ -2,6 +2,8 @@
 
 Activities run at least once, so ``record`` is idempotent: the row is keyed by
 (workflow_id, run_id) and the log line is written only while the row says it has not been.
+The row is exactly-once; the log line is at-least-once (a crash between the append and the
+commit repeats it on retry), so readers of the log dedupe by (workflow_id, run_id).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+from datetime import UTC
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +98,7 @@ class DecisionStore:
                         record.error,
                         record.bucket,
                         record.rollout_percentage,
-                        record.decided_at.isoformat(),
+                        record.decided_at.astimezone(UTC).isoformat(),
                         record.model_dump_json(),
                     ),
                 )

@@ -22,7 +22,7 @@ PROGRAM_VERSION = "instructor-v1"
 # Instructor re-asks only when the answer fails validation; transport errors go to Temporal.
 MAX_REASKS = 2
 # Short reasons keep generation (the dominant cost on a small local model) brief.
-REASONING_SCHEMA_CHARS = 160
+REASONING_SCHEMA_CHARS = 60
 
 
 class RoutingAnswer(BaseModel):
@@ -32,7 +32,7 @@ class RoutingAnswer(BaseModel):
     confidence: float = Field(description="How sure you are, from 0 to 1.")
     reasoning: str = Field(
         default="",
-        description="One short sentence: which rule applies.",
+        description="At most ten words naming the rule, e.g. 'Rule 2: invoice payment.'",
         json_schema_extra={"maxLength": REASONING_SCHEMA_CHARS},
     )
 
@@ -83,15 +83,24 @@ def response_model_for(candidate_ids: tuple[str, ...]) -> type[RoutingAnswer]:
     )
 
 
+SYSTEM_PROMPT = (
+    f"{POLICY}\nReply with JSON: assignee_id, confidence (0 to 1), "
+    "reasoning (at most ten words naming the rule, e.g. \"Rule 2: invoice payment.\")."
+)
+
+
 def build_messages(request: DelegationRequest, candidates: Sequence[Assignee]) -> list[dict[str, str]]:
-    """System message: the policy (identical on every call, so the server's prompt cache serves it)."""
+    """The fixed part first (system prompt, then the candidates), the task last.
+
+    The server's prompt cache reuses the longest common prefix, so everything that is the
+    same on every call comes before the task text.
+    """
     return [
-        {"role": "system", "content": POLICY},
+        {"role": "system", "content": SYSTEM_PROMPT},
         {
             "role": "user",
             "content": f"Candidates:\n{format_candidates(candidates)}\n\n"
-            f"{format_task(request.title, request.description, request.priority)}\n\n"
-            "Reply with JSON: assignee_id, confidence, reasoning.",
+            f"{format_task(request.title, request.description, request.priority)}",
         },
     ]
 

@@ -88,9 +88,16 @@ def ensure_model_file(cache_dir: Path) -> Path:
         stamp = f"{stat.st_size}:{stat.st_mtime_ns}:{EXPECTED_SHA256}"
         if marker.is_file() and marker.read_text() == stamp:
             return target
-        verify_model_file(target)
-        marker.write_text(stamp)
-        return target
+        try:
+            verify_model_file(target)
+        except ModelFileError as err:
+            # A truncated or corrupted cache is rebuilt from the installed chunks.
+            logger.warning("{}; joining the chunks again", err)
+            target.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(stamp)
+            return target
 
     parts = part_paths()
     logger.info("joining {} model chunks into {}", len(parts), target)

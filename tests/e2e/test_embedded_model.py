@@ -1,0 +1,54 @@
+"""Both deciders on the real embedded model (Qwen2.5-Coder-1.5B Q4_K_M), through the real workflow."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from core.feature_flags import FeatureFlagProvider, write_flags_file
+from core.models import DelegationRequest
+from core.team import default_team
+from ml.decision_store import DecisionStore
+from ml.llm_endpoint import LLMEndpoint
+from worker.main import build_dependencies, build_worker
+from workflows.client import decide
+
+pytestmark = pytest.mark.e2e
+
+OUTAGE = "The production database is down and the checkout API returns 500 errors"
+
+
+@pytest.mark.parametrize("variant", ["instructor", "dspy"])
+async def test_decision_on_the_embedded_model(
+    variant: str, embedded_endpoint: LLMEndpoint, temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    from core.settings import Settings
+
+    settings = Settings(  # type: ignore[call-arg]
+        LOCAL_LLM_PORT=int(embedded_endpoint.base_url.rsplit(":", 1)[1].split("/")[0]),
+        LLM_TIMEOUT_S=embedded_endpoint.timeout_s,
+        DATA_DIR=tmp_path,
+    )
+    deps = build_dependencies(settings)
+    assert deps.endpoint.embedded and deps.endpoint.base_url == embedded_endpoint.base_url
+    flags_file = tmp_path / "flags.json"
+    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": variant == "dspy", "DSPY_ROLLOUT_PERCENTAGE": 100})
+    deps.flags = FeatureFlagProvider(flags_file, tmp_path / "no.env")
+    deps.store = DecisionStore(tmp_path / "d.sqlite3", tmp_path / "d.log")
+    task_queue = f"delegation-e2e-{uuid.uuid4().hex}"
+    worker = build_worker(
+        temporal_env.client, deps, task_queue=task_queue, max_concurrent_activities=1, decide_timeout_s=150
+    )
+    request = DelegationRequest(task_id=f"e2e-{variant}-{uuid.uuid4().hex[:8]}", title=OUTAGE, priority="urgent")
+    async with worker:
+        record = await decide(temporal_env.client, request, task_queue=task_queue)
+    print(f"\n{variant}: {record.decision} in {record.latency_ms:.0f} ms")
+    assert record.variant == variant and not record.fallback_used, record.error
+    assert record.decision is not None
+    assert record.decision.assignee_id in {a.id for a in default_team()}
+    assert 0.0 <= record.decision.confidence <= 1.0
+    assert record.model == "qwen2.5-coder-1.5b-instruct"
+    assert deps.store.count(record.workflow_id) == 1
