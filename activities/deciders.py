@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Protocol
 
@@ -62,13 +63,32 @@ def as_application_error(err: Exception, endpoint: LLMEndpoint, variant: str) ->
 class DeciderActivities:
     """Both deciders; dependencies are built by the worker."""
 
-    def __init__(self, instructor: Decider, dspy: Decider, endpoint: LLMEndpoint) -> None:
+    def __init__(
+        self,
+        instructor: Decider,
+        dspy: Decider,
+        endpoint: LLMEndpoint,
+        *,
+        max_concurrent_calls: int,
+        queue_timeout_s: float,
+    ) -> None:
         self._instructor = instructor
         self._dspy = dspy
         self._endpoint = endpoint
+        # Back-pressure: the endpoint serves only so many calls at once (one slot for the
+        # embedded model); beyond that, calls wait here rather than time out inside the server.
+        self._slots = asyncio.Semaphore(max_concurrent_calls)
+        self._queue_timeout_s = queue_timeout_s
 
     async def _run(self, decider: Decider, variant: str, data: DecideInput) -> DeciderResult:
         version = decider.program_version
+        try:
+            async with asyncio.timeout(self._queue_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ApplicationError(
+                f"{variant}: no LLM slot free within {self._queue_timeout_s:.0f} s", type="LLMBusy"
+            ) from None
         try:
             decision, latency_ms = await decider.decide(data.request)
         except Exception as err:
@@ -81,6 +101,8 @@ class DeciderActivities:
                 failure.message,
             )
             raise failure from None
+        finally:
+            self._slots.release()
         logger.info(
             "{} decided {} -> {} ({:.0f} ms, {})", variant, data.workflow_id, decision.assignee_id, latency_ms, version
         )

@@ -39,7 +39,7 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
 
     from core.feature_flags import FeatureFlagProvider
     from core.settings import env_file_for
-    from worker.main import build_dependencies, build_worker, default_concurrency
+    from worker.main import build_dependencies, worker_for
 
     logger.remove()
     logger.add(settings.run_dir / "demo-worker.log", level="INFO")
@@ -51,13 +51,7 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
     flags = FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)).read()
     console.print(f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})")
     client = await connect(settings.temporal_address, settings.temporal_namespace)
-    worker = build_worker(
-        client,
-        deps,
-        task_queue=settings.task_queue,
-        max_concurrent_activities=default_concurrency(settings, deps.endpoint),
-        decide_timeout_s=settings.llm_timeout_s + 15,
-    )
+    worker = worker_for(client, deps, settings)
     requests = sample_requests(time.strftime("%Y%m%d%H%M%S"), limit)
     results: list[tuple[DelegationRequest, DecisionRecord | None, str | None]] = []
     async with worker:

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     local_llm_parallel: int = Field(default=1, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
 
     dspy_program_path: Path | None = Field(default=None, alias="DSPY_PROGRAM_PATH")
-    worker_max_concurrent_activities: int | None = Field(default=None, ge=1, le=1000, alias="WORKER_MAX_CONCURRENT_ACTIVITIES")
+    llm_max_concurrency: int | None = Field(default=None, ge=1, le=1000, alias="LLM_MAX_CONCURRENCY")
+    llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
     feature_flags_file: Path | None = Field(default=None, alias="FEATURE_FLAGS_FILE")

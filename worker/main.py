@@ -67,12 +67,20 @@ def build_worker(
     deps: WorkerDependencies,
     *,
     task_queue: str,
-    max_concurrent_activities: int,
-    decide_timeout_s: float,
+    llm_concurrency: int,
+    llm_timeout_s: float,
+    queue_timeout_s: float = 300.0,
 ) -> Worker:
-    """A worker for ``DelegationWorkflow`` and its activities."""
-    deciders = DeciderActivities(deps.instructor, deps.dspy, deps.endpoint)
-    flags = FlagActivities(deps.flags, decide_timeout_s=decide_timeout_s)
+    """A worker for ``DelegationWorkflow`` and its activities.
+
+    Deciders run as local activities (a decision costs one workflow task, not three server
+    round trips); ``llm_concurrency`` caps the LLM calls in flight and the rest wait in the
+    worker for up to ``queue_timeout_s``, so the attempt timeout covers that wait too.
+    """
+    deciders = DeciderActivities(
+        deps.instructor, deps.dspy, deps.endpoint, max_concurrent_calls=llm_concurrency, queue_timeout_s=queue_timeout_s
+    )
+    flags = FlagActivities(deps.flags, decide_timeout_s=queue_timeout_s + llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S)
     recording = RecordActivities(deps.store)
     return Worker(
         client,
@@ -84,16 +92,27 @@ def build_worker(
             deciders.decide_with_dspy,
             recording.record_decision,
         ],
-        max_concurrent_activities=max_concurrent_activities,
-        max_concurrent_local_activities=64,
+        max_concurrent_local_activities=max(64, 4 * llm_concurrency),
     )
 
 
-def default_concurrency(settings: Settings, endpoint: LLMEndpoint) -> int:
-    """LLM activities at once: the embedded server's slots (extra calls would only queue and time out)."""
-    if settings.worker_max_concurrent_activities is not None:
-        return settings.worker_max_concurrent_activities
+def llm_concurrency(settings: Settings, endpoint: LLMEndpoint) -> int:
+    """LLM calls in flight: the embedded server's slots (more would only queue inside it and time out)."""
+    if settings.llm_max_concurrency is not None:
+        return settings.llm_max_concurrency
     return settings.local_llm_parallel if endpoint.embedded else 16
+
+
+def worker_for(client: Client, deps: WorkerDependencies, settings: Settings) -> Worker:
+    """The worker as configured by the settings."""
+    return build_worker(
+        client,
+        deps,
+        task_queue=settings.task_queue,
+        llm_concurrency=llm_concurrency(settings, deps.endpoint),
+        llm_timeout_s=settings.llm_timeout_s,
+        queue_timeout_s=settings.llm_queue_timeout_s,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -114,13 +133,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     client = await Client.connect(
         settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
     )
-    worker = build_worker(
-        client,
-        deps,
-        task_queue=settings.task_queue,
-        max_concurrent_activities=default_concurrency(settings, deps.endpoint),
-        decide_timeout_s=settings.llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S,
-    )
+    worker = worker_for(client, deps, settings)
     logger.info("worker serving task queue {!r} on {}", settings.task_queue, settings.temporal_address)
     async with worker:
         await stop.wait()

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.deciders import DeciderActivities
@@ -48,8 +48,12 @@ DECIDER_RETRY = RetryPolicy(
 )
 
 
-def _failure_message(err: ActivityError) -> str:
-    cause = err.cause
+# Local activity failures arrive as the activity's own error (or a timeout), not wrapped.
+DECIDER_FAILURES = (ActivityError, ApplicationError, TimeoutError)
+
+
+def _failure_message(err: BaseException) -> str:
+    cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, ApplicationError):
         return cause.message
     return str(cause or err)
@@ -69,7 +73,7 @@ class DelegationWorkflow:
 
     async def _decide(self, variant: Variant, data: DecideInput, timeout_s: float) -> DeciderResult:
         method = DeciderActivities.decide_with_dspy if variant == "dspy" else DeciderActivities.decide_with_instructor
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             method,
             data,
             start_to_close_timeout=timedelta(seconds=timeout_s),
@@ -95,7 +99,7 @@ class DelegationWorkflow:
         fallback_used = False
         try:
             result = await self._decide(variant, data, choice.decide_timeout_s)
-        except ActivityError as err:
+        except DECIDER_FAILURES as err:
             errors.append(_failure_message(err))
             if variant == "dspy":
                 workflow.logger.warning("DSPy failed, falling back to Instructor: %s", errors[-1])
@@ -103,7 +107,7 @@ class DelegationWorkflow:
                 variant = "instructor"
                 try:
                     result = await self._decide(variant, data, choice.decide_timeout_s)
-                except ActivityError as fallback_err:
+                except DECIDER_FAILURES as fallback_err:
                     errors.append(_failure_message(fallback_err))
 
         record = DecisionRecord(

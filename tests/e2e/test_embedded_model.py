@@ -40,7 +40,7 @@ async def test_decision_on_the_embedded_model(
     deps.store = DecisionStore(tmp_path / "d.sqlite3", tmp_path / "d.log")
     task_queue = f"delegation-e2e-{uuid.uuid4().hex}"
     worker = build_worker(
-        temporal_env.client, deps, task_queue=task_queue, max_concurrent_activities=1, decide_timeout_s=150
+        temporal_env.client, deps, task_queue=task_queue, llm_concurrency=1, llm_timeout_s=150
     )
     request = DelegationRequest(task_id=f"e2e-{variant}-{uuid.uuid4().hex[:8]}", title=OUTAGE, priority="urgent")
     async with worker:

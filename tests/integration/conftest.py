@@ -87,7 +87,7 @@ def harness(temporal_env: WorkflowEnvironment, tmp_path: Path):  # type: ignore[
             )
             task_queue = f"delegation-test-{uuid.uuid4().hex}"
             worker = build_worker(
-                temporal_env.client, deps, task_queue=task_queue, max_concurrent_activities=8, decide_timeout_s=10
+                temporal_env.client, deps, task_queue=task_queue, llm_concurrency=8, llm_timeout_s=10, queue_timeout_s=10
             )
             async with worker:
                 yield Harness(temporal_env.client, task_queue, store, flags_file, server, lm)

