@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from loguru import logger
 from temporalio import activity
 
@@ -13,9 +15,12 @@ from core.routing import choose_variant, rollout_bucket
 class FlagActivities:
     """Flag reads; the provider keeps the last good flags when a read fails."""
 
-    def __init__(self, provider: FeatureFlagProvider, decide_timeout_s: float) -> None:
+    def __init__(
+        self, provider: FeatureFlagProvider, decide_timeout_s: float, decider_activity: Literal["local", "remote"]
+    ) -> None:
         self._provider = provider
         self._decide_timeout_s = decide_timeout_s
+        self._decider_activity = decider_activity
 
     @activity.defn(name="read_feature_flags")
     async def read_feature_flags(self, routing: RoutingInput) -> RoutingChoice:
@@ -37,4 +42,5 @@ class FlagActivities:
             ),
             flags_error=reading.error,
             decide_timeout_s=self._decide_timeout_s,
+            decider_activity=self._decider_activity,
         )

@@ -39,7 +39,7 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
 
     from core.feature_flags import FeatureFlagProvider
     from core.settings import env_file_for
-    from worker.main import build_dependencies, worker_for
+    from worker.main import build_dependencies, warm_up, worker_for
 
     logger.remove()
     logger.add(settings.run_dir / "demo-worker.log", level="INFO")
@@ -48,6 +48,8 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
         from ml.local_server import wait_until_ready
 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 300.0)
+        with console.status("warming the embedded model's prompt cache (first start only costs ~30 s)"):
+            await warm_up(deps)
     flags = FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)).read()
     console.print(f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})")
     client = await connect(settings.temporal_address, settings.temporal_namespace)

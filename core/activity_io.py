@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.models import DecisionRecord, DelegationDecision, DelegationRequest, Variant
@@ -27,6 +29,9 @@ class RoutingChoice(BaseModel):
     variant: Variant
     flags_error: str | None = None
     decide_timeout_s: float = Field(gt=0, description="Start-to-close timeout for one decider attempt.")
+    decider_activity: Literal["local", "remote"] = Field(
+        default="remote", description="Run the decider as a local activity (fast path) or a regular one (queued)."
+    )
 
 
 class DecideInput(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
 
     dspy_program_path: Path | None = Field(default=None, alias="DSPY_PROGRAM_PATH")
     llm_max_concurrency: int | None = Field(default=None, ge=1, le=1000, alias="LLM_MAX_CONCURRENCY")
+    decider_activity: Literal["auto", "local", "remote"] = Field(default="auto", alias="DECIDER_ACTIVITY")
     llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 

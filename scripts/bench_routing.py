@@ -33,7 +33,7 @@ from workflows.client import start_delegation
 from workflows.converter import DATA_CONVERTER
 from workflows.search_attributes import ALL_KEYS
 
-console = Console()
+console = Console(width=150)
 
 
 class InstantDecider:
@@ -88,43 +88,45 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
     rows: dict[str, list[float]] = {}
     throughput: dict[str, float] = {}
     try:
-        task_queue = f"bench-{uuid.uuid4().hex}"
-        worker = build_worker(env.client, deps, task_queue=task_queue, llm_concurrency=200, llm_timeout_s=10)
-        async with worker:
-            for eager in (True, False):
-                label = "workflow, eager start" if eager else "workflow, plain start"
-                run = uuid.uuid4().hex[:8]
-                # Warm-up: connection, sandbox and caches.
-                for i in range(10):
-                    await (await start_delegation(env.client, _request(i, run + "w"), task_queue=task_queue,
-                                                  request_eager_start=eager)).result()
-                latencies: list[float] = []
-                with Progress(console=console, transient=True) as progress:
-                    bar = progress.add_task(label, total=sequential)
-                    for i in range(sequential):
-                        started = time.perf_counter()
-                        handle = await start_delegation(env.client, _request(i, run), task_queue=task_queue,
-                                                        request_eager_start=eager)
-                        await handle.result()
-                        latencies.append((time.perf_counter() - started) * 1000)
-                        progress.advance(bar)
-                rows[label] = latencies
+        for mode in ("local", "remote"):
+            task_queue = f"bench-{uuid.uuid4().hex}"
+            worker = build_worker(env.client, deps, task_queue=task_queue, llm_concurrency=200, llm_timeout_s=10,
+                                  decider_activity=mode)  # type: ignore[arg-type]
+            async with worker:
+                for eager in (True, False):
+                    label = f"workflow, {mode} decider activity, {'eager' if eager else 'plain'} start"
+                    run = uuid.uuid4().hex[:8]
+                    # Warm-up: connection, sandbox and caches.
+                    for i in range(10):
+                        await (await start_delegation(env.client, _request(i, run + "w"), task_queue=task_queue,
+                                                      request_eager_start=eager)).result()
+                    latencies: list[float] = []
+                    with Progress(console=console, transient=True) as progress:
+                        bar = progress.add_task(label, total=sequential)
+                        for i in range(sequential):
+                            started = time.perf_counter()
+                            handle = await start_delegation(env.client, _request(i, run), task_queue=task_queue,
+                                                            request_eager_start=eager)
+                            await handle.result()
+                            latencies.append((time.perf_counter() - started) * 1000)
+                            progress.advance(bar)
+                    rows[label] = latencies
 
-                run = uuid.uuid4().hex[:8]
-                started = time.perf_counter()
-                handles = await asyncio.gather(*(
-                    start_delegation(env.client, _request(i, run + "c"), task_queue=task_queue,
-                                     request_eager_start=eager)
-                    for i in range(concurrent)
-                ))
-                await asyncio.gather(*(h.result() for h in handles))
-                throughput[label] = concurrent / (time.perf_counter() - started)
+                    run = uuid.uuid4().hex[:8]
+                    started = time.perf_counter()
+                    handles = await asyncio.gather(*(
+                        start_delegation(env.client, _request(i, run + "c"), task_queue=task_queue,
+                                         request_eager_start=eager)
+                        for i in range(concurrent)
+                    ))
+                    await asyncio.gather(*(h.result() for h in handles))
+                    throughput[label] = concurrent / (time.perf_counter() - started)
     finally:
         await env.shutdown()
 
     direct_p50 = statistics.median(direct)
-    table = Table(title=f"DelegationWorkflow orchestration overhead ({sequential} sequential decisions, "
-                        f"rollout {rollout} %)")
+    table = Table(title=f"DelegationWorkflow orchestration overhead: instant decider, {sequential} sequential "
+                        f"decisions, rollout {rollout} %")
     for column in ("path", "p50 ms", "p99 ms", "overhead p50 ms", f"throughput, {concurrent} concurrent"):
         table.add_column(column, justify="right" if column != "path" else "left")
     table.add_row("decider called directly", f"{direct_p50:.3f}", f"{_percentile(direct, 99):.3f}", "-", "-")

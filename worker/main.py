@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Literal
 
 from loguru import logger
 from temporalio.client import Client
@@ -62,6 +63,27 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
     )
 
 
+async def warm_up(deps: WorkerDependencies) -> None:
+    """One decision per decider, so the server's prompt cache holds both fixed prompts before real traffic.
+
+    On the embedded model the first call pays for the whole prompt (~700 tokens, ~20 s on
+    2 cores); later calls only for the task text. A failure here is logged, never fatal.
+    """
+    import time
+
+    from core.models import DelegationRequest
+
+    probe = DelegationRequest(task_id="warm-up", title="Summarize the meeting notes")
+    for name, decider in (("instructor", deps.instructor), ("dspy", deps.dspy)):
+        started = time.perf_counter()
+        try:
+            await decider.decide(probe)
+        except Exception as err:  # warm-up is best effort
+            logger.warning("warm-up of the {} decider failed: {}", name, deps.endpoint.redact(str(err)))
+        else:
+            logger.info("warm-up of the {} decider took {:.1f} s", name, time.perf_counter() - started)
+
+
 def build_worker(
     client: Client,
     deps: WorkerDependencies,
@@ -69,18 +91,26 @@ def build_worker(
     task_queue: str,
     llm_concurrency: int,
     llm_timeout_s: float,
+    decider_activity: Literal["local", "remote"] = "remote",
     queue_timeout_s: float = 300.0,
 ) -> Worker:
     """A worker for ``DelegationWorkflow`` and its activities.
 
-    Deciders run as local activities (a decision costs one workflow task, not three server
-    round trips); ``llm_concurrency`` caps the LLM calls in flight and the rest wait in the
-    worker for up to ``queue_timeout_s``, so the attempt timeout covers that wait too.
+    ``llm_concurrency`` caps the LLM calls in flight. With ``decider_activity="remote"`` the
+    deciders are regular activities and extra calls wait in the Temporal task queue; with
+    ``"local"`` they are local activities (one workflow task per decision, ~2x less
+    orchestration overhead) and extra calls wait in the worker for up to ``queue_timeout_s``,
+    which the attempt timeout then covers.
     """
     deciders = DeciderActivities(
         deps.instructor, deps.dspy, deps.endpoint, max_concurrent_calls=llm_concurrency, queue_timeout_s=queue_timeout_s
     )
-    flags = FlagActivities(deps.flags, decide_timeout_s=queue_timeout_s + llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S)
+    queue_wait = queue_timeout_s if decider_activity == "local" else 0.0
+    flags = FlagActivities(
+        deps.flags,
+        decide_timeout_s=queue_wait + llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S,
+        decider_activity=decider_activity,
+    )
     recording = RecordActivities(deps.store)
     return Worker(
         client,
@@ -92,6 +122,7 @@ def build_worker(
             deciders.decide_with_dspy,
             recording.record_decision,
         ],
+        max_concurrent_activities=llm_concurrency,
         max_concurrent_local_activities=max(64, 4 * llm_concurrency),
     )
 
@@ -103,6 +134,13 @@ def llm_concurrency(settings: Settings, endpoint: LLMEndpoint) -> int:
     return settings.local_llm_parallel if endpoint.embedded else 16
 
 
+def decider_activity(settings: Settings, endpoint: LLMEndpoint) -> Literal["local", "remote"]:
+    """``auto``: regular activities for the embedded model (calls of seconds, one slot), local otherwise."""
+    if settings.decider_activity != "auto":
+        return settings.decider_activity
+    return "remote" if endpoint.embedded else "local"
+
+
 def worker_for(client: Client, deps: WorkerDependencies, settings: Settings) -> Worker:
     """The worker as configured by the settings."""
     return build_worker(
@@ -111,6 +149,7 @@ def worker_for(client: Client, deps: WorkerDependencies, settings: Settings) -> 
         task_queue=settings.task_queue,
         llm_concurrency=llm_concurrency(settings, deps.endpoint),
         llm_timeout_s=settings.llm_timeout_s,
+        decider_activity=decider_activity(settings, deps.endpoint),
         queue_timeout_s=settings.llm_queue_timeout_s,
     )
 
@@ -130,6 +169,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         from ml.local_server import wait_until_ready
 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 120.0)
+        await warm_up(deps)
     client = await Client.connect(
         settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
     )

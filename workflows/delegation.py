@@ -71,13 +71,17 @@ class DelegationWorkflow:
         """The decision record, once there is one."""
         return self._record
 
-    async def _decide(self, variant: Variant, data: DecideInput, timeout_s: float) -> DeciderResult:
+    async def _decide(self, variant: Variant, data: DecideInput, choice: RoutingChoice) -> DeciderResult:
         method = DeciderActivities.decide_with_dspy if variant == "dspy" else DeciderActivities.decide_with_instructor
-        return await workflow.execute_local_activity_method(
-            method,
-            data,
-            start_to_close_timeout=timedelta(seconds=timeout_s),
-            retry_policy=DECIDER_RETRY,
+        timeout = timedelta(seconds=choice.decide_timeout_s)
+        if choice.decider_activity == "local":
+            # Fast path for endpoints that answer in about a second: no extra server round trips.
+            return await workflow.execute_local_activity_method(
+                method, data, start_to_close_timeout=timeout, retry_policy=DECIDER_RETRY
+            )
+        # Slow or capacity-bound endpoints: calls queue in the task queue, visible in the UI.
+        return await workflow.execute_activity_method(
+            method, data, start_to_close_timeout=timeout, retry_policy=DECIDER_RETRY
         )
 
     @workflow.run
@@ -98,7 +102,7 @@ class DelegationWorkflow:
         result: DeciderResult | None = None
         fallback_used = False
         try:
-            result = await self._decide(variant, data, choice.decide_timeout_s)
+            result = await self._decide(variant, data, choice)
         except DECIDER_FAILURES as err:
             errors.append(_failure_message(err))
             if variant == "dspy":
@@ -106,7 +110,7 @@ class DelegationWorkflow:
                 fallback_used = True
                 variant = "instructor"
                 try:
-                    result = await self._decide(variant, data, choice.decide_timeout_s)
+                    result = await self._decide(variant, data, choice)
                 except DECIDER_FAILURES as fallback_err:
                     errors.append(_failure_message(fallback_err))
 

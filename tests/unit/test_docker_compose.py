@@ -1,0 +1,55 @@
+"""docker-compose.yml cannot run here (no Docker engine); check its production shape instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from core.settings import Settings
+from workflows.search_attributes import ALL_KEYS
+
+COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_services_of_the_production_shape() -> None:
+    assert {"postgresql", "temporal", "temporal-ui", "worker", "llm"} <= set(SERVICES)
+    assert SERVICES["temporal"]["environment"]["DB"] == "postgres12"
+    assert SERVICES["temporal"]["environment"]["POSTGRES_SEEDS"] == "postgresql"
+    assert "postgresql" in SERVICES["temporal"]["depends_on"]
+    assert SERVICES["temporal-ui"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
+
+
+def test_worker_variables_are_settings_the_service_reads() -> None:
+    env = SERVICES["worker"]["environment"]
+    required = {
+        "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_TIMEOUT_S",
+        "USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS",
+    }
+    assert required <= set(env)
+    assert env["TEMPORAL_ADDRESS"] == "temporal:7233"
+    assert env["LLM_BASE_URL"].endswith("http://llm:8080/v1}")
+    known = {field.alias for field in Settings.model_fields.values()} | {
+        "USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS"
+    }
+    assert set(env) <= known, f"variables nothing reads: {set(env) - known}"
+    assert SERVICES["worker"]["command"] == ["python", "-m", "worker"]
+
+
+def test_published_ports_bind_loopback_only() -> None:
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_search_attributes_registered() -> None:
+    command = " ".join(SERVICES["temporal-setup"]["command"])
+    for key in ALL_KEYS:
+        assert f"--name {key.name}" in command
+
+
+def test_no_secret_values_committed() -> None:
+    postgres = SERVICES["postgresql"]["environment"]["POSTGRES_PASSWORD"]
+    assert postgres.startswith("${"), "passwords come from the environment"
+    assert SERVICES["worker"]["environment"]["LLM_API_KEY"].startswith("${")
