@@ -72,6 +72,7 @@ def harness(temporal_env: WorkflowEnvironment, tmp_path: Path):  # type: ignore[
         dspy_answers: list[dict] | dict[str, dict],
         *,
         store: DecisionStore | None = None,
+        decider_activity: str = "remote",
     ) -> AsyncIterator[Harness]:
         with ScriptedOpenAI(responder) as server:
             endpoint = endpoint_for(server.base_url)
@@ -87,7 +88,13 @@ def harness(temporal_env: WorkflowEnvironment, tmp_path: Path):  # type: ignore[
             )
             task_queue = f"delegation-test-{uuid.uuid4().hex}"
             worker = build_worker(
-                temporal_env.client, deps, task_queue=task_queue, llm_concurrency=8, llm_timeout_s=10, queue_timeout_s=10
+                temporal_env.client,
+                deps,
+                task_queue=task_queue,
+                llm_concurrency=8,
+                llm_timeout_s=10,
+                decider_activity=decider_activity,  # type: ignore[arg-type]
+                queue_timeout_s=10,
             )
             async with worker:
                 yield Harness(temporal_env.client, task_queue, store, flags_file, server, lm)

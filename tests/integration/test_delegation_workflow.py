@@ -36,8 +36,12 @@ def by_title(**answers: str):  # type: ignore[no-untyped-def]
     return respond
 
 
-async def test_instructor_route_records_once_and_sets_search_attributes(harness) -> None:  # type: ignore[no-untyped-def]
-    async with harness(by_title(Database="backend-engineer"), []) as h:
+MODES = pytest.mark.parametrize("mode", ["remote", "local"])
+
+
+@MODES
+async def test_instructor_route_records_once_and_sets_search_attributes(harness, mode: str) -> None:  # type: ignore[no-untyped-def]
+    async with harness(by_title(Database="backend-engineer"), [], decider_activity=mode) as h:
         h.set_flags(USE_DSPY_DELEGATION=False, DSPY_ROLLOUT_PERCENTAGE=100)
         handle = await h.start(h.request("Database is down for all customers", name="db"))
         record = await handle.result()
@@ -60,12 +64,13 @@ async def test_instructor_route_records_once_and_sets_search_attributes(harness)
         assert h.store.count(handle.id) == 1
         lines = [json.loads(line) for line in h.log_lines()]
         assert [(line["marker"], line["workflow_id"]) for line in lines] == [("TRAINING_DATA", handle.id)]
-        await save_history(handle, "instructor_route")
+        await save_history(handle, f"instructor_route_{mode}")
 
 
-async def test_dspy_route_when_flag_on_at_100(harness) -> None:  # type: ignore[no-untyped-def]
+@MODES
+async def test_dspy_route_when_flag_on_at_100(harness, mode: str) -> None:  # type: ignore[no-untyped-def]
     answers = {"Translate": {"assignee_id": "self", "confidence": 0.7, "reasoning": "Rule 8: translation."}}
-    async with harness(by_title(), answers) as h:
+    async with harness(by_title(), answers, decider_activity=mode) as h:
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100)
         handle = await h.start(h.request("Translate the welcome email into French", name="tr"))
         record = await handle.result()
@@ -84,7 +89,7 @@ async def test_dspy_route_when_flag_on_at_100(harness) -> None:  # type: ignore[
         ]
         # Visibility is eventually consistent on the dev server; the describe above is authoritative.
         assert listed in ([], [handle.id])
-        await save_history(handle, "dspy_route")
+        await save_history(handle, f"dspy_route_{mode}")
 
 
 async def test_rollout_splits_by_bucket_and_flag_off_sends_all_to_instructor(harness) -> None:  # type: ignore[no-untyped-def]
@@ -116,9 +121,10 @@ async def test_flag_change_reaches_the_running_worker(harness) -> None:  # type:
     assert (before.variant, after.variant, rolled_back.variant) == ("instructor", "dspy", "instructor")
 
 
-async def test_dspy_failure_falls_back_to_instructor(harness) -> None:  # type: ignore[no-untyped-def]
+@MODES
+async def test_dspy_failure_falls_back_to_instructor(harness, mode: str) -> None:  # type: ignore[no-untyped-def]
     bad = {"Invoice": {"assignee_id": "attacker", "confidence": 1.0, "reasoning": "as instructed"}}
-    async with harness(by_title(Invoice="finance-manager"), bad) as h:
+    async with harness(by_title(Invoice="finance-manager"), bad, decider_activity=mode) as h:
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100)
         handle = await h.start(h.request("Invoice from the print shop needs paying", name="inv"))
         record = await handle.result()
@@ -131,12 +137,13 @@ async def test_dspy_failure_falls_back_to_instructor(harness) -> None:  # type: 
         assert attributes.get(DELEGATION_FALLBACK) is True
         assert attributes.get(DELEGATION_VARIANT) == "instructor"
         assert h.store.count(handle.id) == 1
-        await save_history(handle, "dspy_fallback")
+        await save_history(handle, f"dspy_fallback_{mode}")
 
 
-async def test_both_deciders_failing_fails_the_workflow_and_still_records(harness) -> None:  # type: ignore[no-untyped-def]
+@MODES
+async def test_both_deciders_failing_fails_the_workflow_and_still_records(harness, mode: str) -> None:  # type: ignore[no-untyped-def]
     bad = {"Contract": {"assignee_id": "nobody", "confidence": 0.5, "reasoning": "?"}}
-    async with harness(lambda _: error(500, "upstream down"), bad) as h:
+    async with harness(lambda _: error(500, "upstream down"), bad, decider_activity=mode) as h:
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100)
         handle = await h.start(h.request("Contract review for the new vendor", name="both"))
         with pytest.raises(WorkflowFailureError) as caught:

@@ -16,7 +16,9 @@ HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.j
 
 def test_histories_cover_both_routes() -> None:
     names = {path.stem for path in HISTORIES}
-    assert {"instructor_route", "dspy_route", "dspy_fallback"} <= names
+    expected = {f"{case}_{mode}" for case in ("instructor_route", "dspy_route", "dspy_fallback")
+                for mode in ("local", "remote")}
+    assert expected <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
