@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ml  # noqa: F401  - first: pins litellm/DSPy to their bundled metadata before any test imports them
+
 import copy
 from collections.abc import Iterator
 from pathlib import Path
