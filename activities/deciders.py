@@ -12,7 +12,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.activity_io import DecideInput, DeciderResult
-from core.models import DelegationDecision, DelegationRequest
+from core.models import DelegationRequest, Verdict
 from ml.errors import InvalidDecisionError
 from ml.llm_endpoint import LLMEndpoint
 
@@ -29,7 +29,7 @@ class Decider(Protocol):
     @property
     def model(self) -> str: ...
 
-    async def decide(self, request: DelegationRequest) -> tuple[DelegationDecision, float]: ...
+    async def decide(self, request: DelegationRequest) -> Verdict: ...
 
 
 def as_application_error(err: Exception, endpoint: LLMEndpoint, variant: str) -> ApplicationError:
@@ -81,7 +81,6 @@ class DeciderActivities:
         self._queue_timeout_s = queue_timeout_s
 
     async def _run(self, decider: Decider, variant: str, data: DecideInput) -> DeciderResult:
-        version = decider.program_version
         try:
             async with asyncio.timeout(self._queue_timeout_s):
                 await self._slots.acquire()
@@ -90,7 +89,7 @@ class DeciderActivities:
                 f"{variant}: no LLM slot free within {self._queue_timeout_s:.0f} s", type="LLMBusy"
             ) from None
         try:
-            decision, latency_ms = await decider.decide(data.request)
+            decision, latency_ms, version = await decider.decide(data.request)
         except Exception as err:
             failure = as_application_error(err, self._endpoint, variant)
             logger.warning(

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from cli import ml_commands
 from core.feature_flags import FLAG_NAMES, FlagsFileError, get_feature_flags, write_flags_file
 from core.models import DelegationRequest, describe_validation_error
 from core.settings import PROJECT_ROOT, get_settings
@@ -25,6 +26,11 @@ schemas_app = typer.Typer(help="JSON Schemas of the wire contract.", no_args_is_
 app.add_typer(stack_app, name="stack")
 app.add_typer(flags_app, name="flags")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(ml_commands.data_app, name="data")
+app.add_typer(ml_commands.artifacts_app, name="artifacts")
+app.command("evaluate")(ml_commands.evaluate_command)
+app.command("compare")(ml_commands.compare_command)
+app.command("optimize")(ml_commands.optimize_command)
 
 console = Console()
 err_console = Console(stderr=True)

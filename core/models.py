@@ -5,7 +5,7 @@ Standard library and pydantic only: workflow code imports this module.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     AwareDatetime,
@@ -118,6 +118,14 @@ class DelegationDecision(BaseModel):
             assignee = str(data["assignee_id"]).strip()
             data = {**data, "should_delegate": assignee != SELF_ID}
         return data
+
+
+class Verdict(NamedTuple):
+    """What a decider returns: the decision, how long the model took, and which program answered."""
+
+    decision: DelegationDecision
+    latency_ms: float
+    program_version: str
 
 
 class DecisionRecord(BaseModel):

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     local_llm_parallel: int = Field(default=1, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
 
     dspy_program_path: Path | None = Field(default=None, alias="DSPY_PROGRAM_PATH")
+    artifact_dir_override: Path | None = Field(default=None, alias="ARTIFACT_DIR")
     llm_max_concurrency: int | None = Field(default=None, ge=1, le=1000, alias="LLM_MAX_CONCURRENCY")
     decider_activity: Literal["auto", "local", "remote"] = Field(default="auto", alias="DECIDER_ACTIVITY")
     llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
     @property
     def decision_db_path(self) -> Path:
         return self.decision_db_file or self.data_dir / "decisions.sqlite3"
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where run-time program versions and the champion pointer live (never the git tree)."""
+        return self.artifact_dir_override or self.data_dir / "artifacts"
 
     @property
     def model_cache_dir(self) -> Path:

@@ -6,13 +6,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from core.models import MAX_REASONING_CHARS, DelegationDecision, DelegationRequest, describe_validation_error
+from core.models import MAX_REASONING_CHARS, DelegationDecision, DelegationRequest, Verdict, describe_validation_error
 from core.team import candidates_for
-from ml.dspy_modules import DelegationDecider
+from ml.dspy_modules import DelegationDecider, DelegationJSONAdapter
 from ml.errors import InvalidDecisionError, ProgramLoadError
 from ml.policy import format_candidates, format_task
 
@@ -28,8 +28,21 @@ _FORBIDDEN_STATE_KEYS = {"lm", "api_base", "base_url", "api_key", "model"}
 
 @dataclass(frozen=True)
 class LoadedProgram:
+    """A program and the version it answers as. Also a program source that never changes."""
+
     program: DelegationDecider
     version: str
+
+    @property
+    def current(self) -> LoadedProgram:
+        return self
+
+
+class ProgramSource(Protocol):
+    """Where the decider gets its program for each call (fixed, or the registry's champion)."""
+
+    @property
+    def current(self) -> LoadedProgram: ...
 
 
 def _find_forbidden_keys(node: Any, path: str = "") -> list[str]:
@@ -46,6 +59,11 @@ def _find_forbidden_keys(node: Any, path: str = "") -> list[str]:
     return found
 
 
+def find_forbidden_lm_keys(state: Any) -> list[str]:
+    """Where a saved program tries to set the LM's endpoint, model or key (demos are data and exempt)."""
+    return [p for p in _find_forbidden_keys(state) if ".demos[" not in p]
+
+
 def load_program(path: Path | None) -> LoadedProgram:
     """The program saved at ``path`` (state-only JSON), or the unoptimized module when there is none."""
     if path is None:
@@ -56,8 +74,7 @@ def load_program(path: Path | None) -> LoadedProgram:
         raise ProgramLoadError(f"program file {path} does not exist") from None
     except json.JSONDecodeError as err:
         raise ProgramLoadError(f"program file {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
-    # Demos are examples; only the predictor configuration may not carry LM settings.
-    forbidden = [p for p in _find_forbidden_keys(state) if ".demos[" not in p]
+    forbidden = find_forbidden_lm_keys(state)
     if forbidden:
         raise ProgramLoadError(f"program file {path} tries to set LM settings at {forbidden}: refusing it")
     program = DelegationDecider()
@@ -71,14 +88,12 @@ def load_program(path: Path | None) -> LoadedProgram:
 class DSPyDecider:
     """Runs the DSPy program with ``await program.acall(...)`` inside ``dspy.context``."""
 
-    def __init__(self, lm: dspy.LM, endpoint: LLMEndpoint, loaded: LoadedProgram) -> None:
-        import dspy
-
+    def __init__(self, lm: dspy.LM, endpoint: LLMEndpoint, source: ProgramSource) -> None:
         self._lm = lm
         self._endpoint = endpoint
-        self._loaded = loaded
-        # JSON output, asked for natively, rather than the ChatAdapter's parse-then-retry fallback.
-        self._adapter = dspy.JSONAdapter()
+        self._source = source
+        # JSON output constrained by a schema, rather than the ChatAdapter's parse-then-retry fallback.
+        self._adapter = DelegationJSONAdapter()
 
     @property
     def model(self) -> str:
@@ -90,19 +105,21 @@ class DSPyDecider:
 
     @property
     def program_version(self) -> str:
-        return self._loaded.version
+        return self._source.current.version
 
-    async def decide(self, request: DelegationRequest) -> tuple[DelegationDecision, float]:
+    async def decide(self, request: DelegationRequest) -> Verdict:
         """Return a decision validated against the request's candidates, and the latency in ms."""
         import dspy
 
+        loaded = self._source.current  # one program for the whole call, even if the champion changes meanwhile
         candidates = candidates_for(request)
         ids = {c.id for c in candidates}
         started = time.perf_counter()
         with dspy.context(lm=self._lm, adapter=self._adapter):
-            prediction = await self._loaded.program.acall(
+            prediction = await loaded.program.acall(
                 candidates=format_candidates(candidates),
                 task=format_task(request.title, request.description, request.priority),
+                candidate_ids=[c.id for c in candidates],
             )
         latency_ms = (time.perf_counter() - started) * 1000
         confidence = prediction.confidence
@@ -119,4 +136,4 @@ class DSPyDecider:
             )
         except ValidationError as err:
             raise InvalidDecisionError(describe_validation_error(err, model_name="DSPy answer")) from None
-        return decision, latency_ms
+        return Verdict(decision, latency_ms, loaded.version)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, field_validator
 
-from core.models import MAX_REASONING_CHARS, Assignee, DelegationDecision, DelegationRequest
+from core.models import MAX_REASONING_CHARS, Assignee, DelegationDecision, DelegationRequest, Verdict
 from core.team import candidates_for
 from ml.policy import POLICY, format_candidates, format_task
 
@@ -119,7 +119,7 @@ class InstructorDecider:
     def model(self) -> str:
         return self._endpoint.model
 
-    async def decide(self, request: DelegationRequest) -> tuple[DelegationDecision, float]:
+    async def decide(self, request: DelegationRequest) -> Verdict:
         """Return a decision validated against the request's candidates, and the latency in ms."""
         candidates = candidates_for(request)
         ids = tuple(c.id for c in candidates)
@@ -142,4 +142,4 @@ class InstructorDecider:
             },
             context={"candidate_ids": set(ids)},
         )
-        return decision, latency_ms
+        return Verdict(decision, latency_ms, self.program_version)

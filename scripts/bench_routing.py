@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from core.feature_flags import FeatureFlagProvider, write_flags_file
-from core.models import DelegationDecision, DelegationRequest
+from core.models import DelegationDecision, DelegationRequest, Verdict
 from ml.decision_store import DecisionStore
 from ml.llm_endpoint import LLMEndpoint
 from worker.main import WorkerDependencies, build_worker
@@ -43,8 +43,8 @@ class InstantDecider:
     program_version = "instant"
     model = "none"
 
-    async def decide(self, request: DelegationRequest) -> tuple[DelegationDecision, float]:
-        return DelegationDecision(assignee_id="self", confidence=1.0, reasoning="bench"), 0.0
+    async def decide(self, request: DelegationRequest) -> Verdict:
+        return Verdict(DelegationDecision(assignee_id="self", confidence=1.0, reasoning="bench"), 0.0, "instant")
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 from temporalio.client import Client
@@ -21,6 +21,9 @@ from ml.decision_store import DecisionStore
 from ml.llm_endpoint import LLMEndpoint, resolve_endpoint
 from workflows.converter import DATA_CONVERTER
 from workflows.delegation import DelegationWorkflow
+
+if TYPE_CHECKING:
+    from ml.dspy_decider import ProgramSource
 
 # Headroom over the LLM timeout for one decider attempt: connection setup and validation.
 _DECIDE_TIMEOUT_MARGIN_S = 15.0
@@ -43,21 +46,31 @@ def configure_logging(level: str = "INFO") -> None:
     logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} | {level:<7} | {name} | {message}")
 
 
+def program_source(settings: Settings) -> ProgramSource:
+    """``DSPY_PROGRAM_PATH`` pins one program file; otherwise the registry's champion, followed live."""
+    from ml.dspy_decider import load_program
+    from ml.registry import ArtifactRegistry, ChampionProgram
+
+    if settings.dspy_program_path is not None:
+        return load_program(settings.dspy_program_path)
+    return ChampionProgram(ArtifactRegistry(settings.artifact_dir))
+
+
 def build_dependencies(settings: Settings) -> WorkerDependencies:
     """Real deciders against the configured endpoint, the SQLite store and the live flags."""
-    from ml.dspy_decider import DSPyDecider, load_program
+    from ml.dspy_decider import DSPyDecider
     from ml.instructor_decider import InstructorDecider
     from ml.llm_endpoint import build_async_openai, build_dspy_lm
 
     endpoint = resolve_endpoint(settings)
     logger.info("LLM endpoint: {} model {} ({})", endpoint.base_url, endpoint.model, endpoint.provider)
     lm = build_dspy_lm(endpoint)
-    loaded = load_program(settings.dspy_program_path)
-    logger.info("DSPy program version {}", loaded.version)
+    source = program_source(settings)
+    logger.info("DSPy program version {}", source.current.version)
     return WorkerDependencies(
         endpoint=endpoint,
         instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
-        dspy=DSPyDecider(lm, endpoint, loaded),
+        dspy=DSPyDecider(lm, endpoint, source),
         store=DecisionStore(settings.decision_db_path, settings.decision_log_path),
         flags=FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)),
     )

@@ -31,7 +31,7 @@ def test_module_prints_and_carries_the_policy() -> None:
 
 async def test_answer_becomes_a_validated_decision_with_the_base_version() -> None:
     decider, lm = _decider([{"assignee_id": "legal-counsel", "confidence": 0.8, "reasoning": "Rule 1: a contract."}])
-    decision, latency_ms = await decider.decide(request("Renew the lease agreement"))
+    decision, latency_ms, _ = await decider.decide(request("Renew the lease agreement"))
     assert decision.assignee_id == "legal-counsel"
     assert decision.confidence == pytest.approx(0.8)
     assert decision.should_delegate is True

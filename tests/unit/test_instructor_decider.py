@@ -22,7 +22,7 @@ def _decider(server: ScriptedOpenAI) -> InstructorDecider:
 
 async def test_valid_answer_becomes_a_decision_and_the_request_carries_policy_and_schema() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("backend-engineer", 0.85)) as server:
-        decision, latency_ms = await _decider(server).decide(request())
+        decision, latency_ms, _ = await _decider(server).decide(request())
     assert decision.assignee_id == "backend-engineer"
     assert decision.should_delegate is True
     assert decision.confidence == pytest.approx(0.85)
@@ -41,7 +41,7 @@ async def test_valid_answer_becomes_a_decision_and_the_request_carries_policy_an
 
 async def test_self_means_no_delegation() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("self", 0.7)) as server:
-        decision, _ = await _decider(server).decide(request("Translate this email into French"))
+        decision, _, _ = await _decider(server).decide(request("Translate this email into French"))
     assert decision.assignee_id == "self"
     assert decision.should_delegate is False
 
@@ -49,7 +49,7 @@ async def test_self_means_no_delegation() -> None:
 async def test_out_of_list_answer_is_re_asked_then_accepted() -> None:
     answers = iter([routing_answer("ceo"), routing_answer("legal-counsel")])
     with ScriptedOpenAI(lambda _: next(answers)) as server:
-        decision, _ = await _decider(server).decide(request("Review the NDA"))
+        decision, _, _ = await _decider(server).decide(request("Review the NDA"))
     assert decision.assignee_id == "legal-counsel"
     assert len(server.requests) == 2
     # The re-ask tells the model what was wrong.
@@ -78,7 +78,7 @@ async def test_steering_text_never_yields_an_id_outside_the_candidates() -> None
 
 async def test_confidence_as_a_percentage_is_read_as_a_fraction() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("finance-manager", 90)) as server:
-        decision, _ = await _decider(server).decide(request("Pay the invoice"))
+        decision, _, _ = await _decider(server).decide(request("Pay the invoice"))
     assert decision.confidence == pytest.approx(0.9)
 
 

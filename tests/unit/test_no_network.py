@@ -45,7 +45,7 @@ PROBE = textwrap.dedent(
     build_dspy_lm(resolve_endpoint(settings))
     lm = DummyLM([{"assignee_id": "self", "confidence": 0.9, "reasoning": "Rule 8."}], adapter=dspy.JSONAdapter())
     decider = DSPyDecider(lm, resolve_endpoint(settings), load_program(None))
-    decision, _ = asyncio.run(decider.decide(DelegationRequest(task_id="t", title="Summarize the notes")))
+    decision = asyncio.run(decider.decide(DelegationRequest(task_id="t", title="Summarize the notes"))).decision
     print(json.dumps({"attempts": attempts, "assignee": decision.assignee_id}))
     """
 )

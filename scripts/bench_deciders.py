@@ -1,0 +1,78 @@
+"""The issue targets on the test split: base DSPy module, optimized champion and Instructor, same examples.
+
+    python scripts/bench_deciders.py [--split test] [--version champion] [--limit K]
+
+Prints accuracy, error rate, confidence and latency per decider, the optimized module's
+relative improvement over the base module, the DSPy/Instructor p50 latency ratio, and
+McNemar's test between the champion and Instructor. Uses whatever endpoint the settings
+resolve to (the embedded model by default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import ml  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
+from cli.ml_commands import _decider, _ensure_endpoint, _load, _run
+from core.settings import get_settings
+from ml.dataset import DEFAULT_DATASET
+from ml.evaluation import mcnemar_test, summarize
+from ml.optimizer import relative_improvement
+
+console = Console(width=150)
+
+
+def main(
+    dataset: Path = typer.Option(DEFAULT_DATASET, help="JSONL examples."),
+    split: str = typer.Option("test", help="train, dev or test."),
+    version: str = typer.Option("champion", help="The optimized DSPy program: a version number or champion."),
+    limit: int | None = typer.Option(None, help="Only the first K examples."),
+) -> None:
+    """Evaluate the three deciders and print the target table."""
+    settings = get_settings()
+    examples = _load(dataset, split, limit)
+    _ensure_endpoint(settings)
+    runs = {}
+    for label, variant, program in (
+        ("DSPy base module", "dspy", "base"),
+        ("DSPy optimized", "dspy", version),
+        ("Instructor", "instructor", "-"),
+    ):
+        decider = _decider(settings, variant, program)
+        outcomes = _run(decider, examples, f"{label} on {len(examples)} {split} examples")
+        runs[label] = (outcomes, summarize(outcomes, variant=variant, program_version=decider.program_version,
+                                           model=decider.model))
+    table = Table("decider", "program", "accuracy", "error rate", "avg confidence", "Brier", "p50 ms", "p95 ms",
+                  title=f"Deciders on the {split} split ({len(examples)} examples, model {runs['Instructor'][1].model})")
+    for label, (_, report) in runs.items():
+        table.add_row(
+            label, report.program_version, f"{report.accuracy:.1%}", f"{report.error_rate:.1%}",
+            f"{report.avg_confidence or 0:.2f}", f"{report.brier_score or 0:.3f}",
+            f"{report.p50_latency_ms or 0:.0f}", f"{report.p95_latency_ms or 0:.0f}",
+        )
+    console.print(table)
+    base = runs["DSPy base module"][1]
+    optimized = runs["DSPy optimized"][1]
+    instructor = runs["Instructor"][1]
+    improvement = relative_improvement(base.accuracy, optimized.accuracy)
+    ratio = (optimized.p50_latency_ms or 0) / (instructor.p50_latency_ms or 1)
+    test = mcnemar_test(runs["DSPy optimized"][0], runs["Instructor"][0])
+
+    def verdict(ok: bool) -> str:
+        return "[green]met[/]" if ok else "[red]missed[/]"
+
+    console.print(f"optimized vs base: {improvement:+.1f}% relative (target >= +15%): {verdict(improvement >= 15)}")
+    console.print(f"optimized vs Instructor accuracy: {optimized.accuracy:.1%} vs {instructor.accuracy:.1%} "
+                  f"(target: at least as accurate): {verdict(optimized.accuracy >= instructor.accuracy)}")
+    console.print(f"DSPy error rate {optimized.error_rate:.1%} (target < 2%): {verdict(optimized.error_rate < 0.02)}")
+    console.print(f"DSPy p50 / Instructor p50 = {ratio:.2f} (target <= 1.5): {verdict(ratio <= 1.5)}")
+    console.print(f"McNemar exact, optimized vs Instructor: only DSPy right {test.only_a_right}, "
+                  f"only Instructor right {test.only_b_right}, p = {test.p_value:.3f}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
