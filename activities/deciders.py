@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Protocol
 
 from loguru import logger
 from pydantic import ValidationError
@@ -12,24 +11,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.activity_io import DecideInput, DeciderResult
-from core.models import DelegationRequest, Verdict
+from ml.decider import Decider
 from ml.errors import InvalidDecisionError
 from ml.llm_endpoint import LLMEndpoint
 
 # HTTP statuses worth another attempt: the server may answer next time.
 _RETRYABLE_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-class Decider(Protocol):
-    """What an activity needs from a decider."""
-
-    @property
-    def program_version(self) -> str: ...
-
-    @property
-    def model(self) -> str: ...
-
-    async def decide(self, request: DelegationRequest) -> Verdict: ...
 
 
 def as_application_error(err: Exception, endpoint: LLMEndpoint, variant: str) -> ApplicationError:

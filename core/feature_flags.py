@@ -17,8 +17,6 @@ read that means the defaults, which never turn DSPy on.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from datetime import UTC, datetime
 from functools import cache
@@ -28,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core.files import atomic_write_text
 from core.models import describe_validation_error
 from core.settings import env_file_for, get_settings
 
@@ -162,18 +161,7 @@ def write_flags_file(path: Path, updates: dict[str, Any], *, updated_by: str = "
         "updated_at": datetime.now(UTC).isoformat(),
         "updated_by": updated_by,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".flags-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
     return validated
 
 

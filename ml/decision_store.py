@@ -12,9 +12,9 @@ import json
 import os
 import sqlite3
 import threading
-from datetime import UTC
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 
 from core.models import DecisionRecord

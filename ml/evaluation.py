@@ -6,23 +6,14 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from core.models import SELF_ID, DelegationRequest, Verdict
+from core.models import SELF_ID
 from ml.dataset import LabeledExample
-
-
-class Decider(Protocol):
-    @property
-    def program_version(self) -> str: ...
-
-    @property
-    def model(self) -> str: ...
-
-    async def decide(self, request: DelegationRequest) -> Verdict: ...
+from ml.decider import Decider
 
 
 class Outcome(BaseModel):

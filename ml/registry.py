@@ -26,6 +26,7 @@ from typing import Any, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.files import atomic_write_text
 from ml.dspy_decider import BASE_PROGRAM_VERSION, LoadedProgram, find_forbidden_lm_keys, load_program
 from ml.errors import ProgramLoadError
 
@@ -84,20 +85,6 @@ def manifest_filename(version: int) -> str:
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ArtifactRegistry:
@@ -219,7 +206,7 @@ class ArtifactRegistry:
         with self._lock:
             state = self._state()
             yield state
-            _atomic_write(self.state_path, state.model_dump_json(indent=2) + "\n")
+            atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
 
     def next_version(self) -> int:
         versions = self.versions()
@@ -252,7 +239,7 @@ class ArtifactRegistry:
                 except FileExistsError:
                     raise RegistryError(f"{target} already exists; versions are never overwritten") from None
                 try:
-                    _atomic_write(manifest_path, manifest.model_dump_json(indent=2) + "\n")
+                    atomic_write_text(manifest_path, manifest.model_dump_json(indent=2) + "\n")
                 except BaseException:
                     target.unlink(missing_ok=True)
                     raise

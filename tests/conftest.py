@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import ml  # noqa: F401  - first: pins litellm/DSPy to their bundled metadata before any test imports them
-
 import copy
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
+import ml  # noqa: F401  - first: pins litellm/DSPy to their bundled metadata before any test imports them
 
 FLAG_ENV = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS")
 

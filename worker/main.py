@@ -12,11 +12,12 @@ from loguru import logger
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.deciders import Decider, DeciderActivities
+from activities.deciders import DeciderActivities
 from activities.flags import FlagActivities
 from activities.recording import RecordActivities
 from core.feature_flags import FeatureFlagProvider
 from core.settings import Settings, env_file_for, get_settings
+from ml.decider import Decider
 from ml.decision_store import DecisionStore
 from ml.llm_endpoint import LLMEndpoint, resolve_endpoint
 from workflows.converter import DATA_CONVERTER

@@ -24,7 +24,6 @@ from ml.registry import (
 )
 from tests.support.factories import endpoint_for, request
 
-
 # ---- helpers ------------------------------------------------------------------------------------
 
 
