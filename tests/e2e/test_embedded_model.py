@@ -51,4 +51,7 @@ async def test_decision_on_the_embedded_model(
     assert record.decision.assignee_id in {a.id for a in default_team()}
     assert 0.0 <= record.decision.confidence <= 1.0
     assert record.model == "qwen2.5-coder-1.5b-instruct"
+    # A fresh clone serves the shipped champion on the DSPy route.
+    expected_version = "optimized_delegation_v1" if variant == "dspy" else "instructor-v1"
+    assert record.program_version == expected_version
     assert deps.store.count(record.workflow_id) == 1
