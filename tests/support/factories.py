@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from pydantic import SecretStr
 
-from core.models import Assignee, DelegationRequest
+from core.models import Assignee, DecisionRecord, DelegationRequest
 from ml.llm_endpoint import LLMEndpoint
 
 TEST_API_KEY = "sk-test-do-not-leak-4f9c2e"
@@ -32,3 +35,25 @@ CUSTOM_TEAM = [
     Assignee(id="logistics", name="Logistics", kind="human", description="Carriers, warehouses, shipping."),
     Assignee(id="support-lead", name="Support lead", kind="human", description="Escalated customer complaints."),
 ]
+
+
+def decision_record(request: DelegationRequest, **fields: Any) -> DecisionRecord:
+    """A complete DecisionRecord for ``request``; keyword arguments replace any field."""
+    values: dict[str, Any] = {
+        "workflow_id": request.workflow_id,
+        "run_id": "run-1",
+        "task_id": request.task_id,
+        "request": request,
+        "decision": None,
+        "variant": "dspy",
+        "assigned_variant": "dspy",
+        "program_version": "v1",
+        "model": "test-model",
+        "latency_ms": 12.5,
+        "fallback_used": False,
+        "error": None,
+        "bucket": 42,
+        "rollout_percentage": 10,
+        "decided_at": datetime.now(UTC),
+    }
+    return DecisionRecord(**{**values, **fields})

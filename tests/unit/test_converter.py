@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 from temporalio.exceptions import ApplicationError
 
 from core.models import DecisionRecord, DelegationDecision, DelegationRequest
+from tests.support.factories import decision_record
 from workflows.converter import DATA_CONVERTER, INVALID_INPUT_ERROR
 
 CONVERTER = DATA_CONVERTER.payload_converter
 
 
 def _decision_record(request: DelegationRequest) -> DecisionRecord:
-    return DecisionRecord(
-        workflow_id=request.workflow_id,
-        run_id="run-1",
-        task_id=request.task_id,
-        request=request,
+    return decision_record(
+        request,
         decision=DelegationDecision(assignee_id="legal-counsel", confidence=0.7, reasoning="contract"),
         variant="instructor",
-        assigned_variant="dspy",
-        program_version="v1",
-        model="test-model",
         latency_ms=3.0,
         fallback_used=True,
         error="dspy failed",
         bucket=17,
         rollout_percentage=25,
-        decided_at=datetime.now(UTC),
     )
 
 

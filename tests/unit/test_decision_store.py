@@ -11,6 +11,7 @@ import pytest
 
 from core.models import DecisionRecord, DelegationDecision, DelegationRequest
 from ml.decision_store import TRAINING_DATA_MARKER, DecisionStore
+from tests.support.factories import decision_record
 
 
 def _decision_record(
@@ -25,21 +26,14 @@ def _decision_record(
     request = DelegationRequest(task_id=task_id, title="Sign the supplier contract", description="By Friday — €5k")
     if decision is None and error is None:
         decision = DelegationDecision(assignee_id="legal-counsel", confidence=0.8, reasoning="a contract")
-    return DecisionRecord(
+    return decision_record(
+        request,
         workflow_id=workflow_id,
         run_id=run_id,
-        task_id=task_id,
-        request=request,
         decision=decision,
-        variant="dspy",
-        assigned_variant="dspy",
-        program_version="v1",
-        model="test-model",
         latency_ms=20.0,
-        fallback_used=False,
         error=error,
         bucket=123,
-        rollout_percentage=10,
         decided_at=decided_at or datetime.now(UTC),
     )
 

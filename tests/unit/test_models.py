@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from core.models import (
     describe_validation_error,
 )
 from core.team import candidates_for, default_team
+from tests.support.factories import decision_record
 
 CANDIDATES = {"candidate_ids": ["self", "backend-engineer", "legal-counsel"]}
 
@@ -37,23 +37,7 @@ def _decision_record(
     error: str | None = None,
 ) -> DecisionRecord:
     request = DelegationRequest(task_id="task-1", title="Renew the office lease", description="Before May.")
-    return DecisionRecord(
-        workflow_id=workflow_id,
-        run_id=run_id,
-        task_id=request.task_id,
-        request=request,
-        decision=decision,
-        variant="dspy",
-        assigned_variant="dspy",
-        program_version="v1",
-        model="test-model",
-        latency_ms=12.5,
-        fallback_used=False,
-        error=error,
-        bucket=42,
-        rollout_percentage=10,
-        decided_at=datetime.now(UTC),
-    )
+    return decision_record(request, workflow_id=workflow_id, run_id=run_id, decision=decision, error=error)
 
 
 def _described(data: dict[str, Any], model: type = DelegationRequest, **kwargs: Any) -> str:
