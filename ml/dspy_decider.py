@@ -14,7 +14,7 @@ from core.models import MAX_REASONING_CHARS, DelegationDecision, DelegationReque
 from core.team import candidates_for
 from ml.dspy_modules import DelegationDecider, DelegationJSONAdapter
 from ml.errors import InvalidDecisionError, ProgramLoadError
-from ml.policy import format_candidates, format_task
+from ml.policy import confidence_as_fraction, format_candidates, format_task
 
 if TYPE_CHECKING:
     import dspy
@@ -122,14 +122,11 @@ class DSPyDecider:
                 candidate_ids=[c.id for c in candidates],
             )
         latency_ms = (time.perf_counter() - started) * 1000
-        confidence = prediction.confidence
-        if isinstance(confidence, int | float) and 1 < confidence <= 100:
-            confidence = confidence / 100  # same reading of a percentage as the Instructor path
         try:
             decision = DelegationDecision.model_validate(
                 {
                     "assignee_id": str(prediction.assignee_id).strip(),
-                    "confidence": confidence,
+                    "confidence": confidence_as_fraction(prediction.confidence),
                     "reasoning": str(prediction.reasoning or "")[:MAX_REASONING_CHARS],
                 },
                 context={"candidate_ids": ids},

@@ -11,7 +11,14 @@ from pydantic import BaseModel, Field, create_model, field_validator
 
 from core.models import MAX_REASONING_CHARS, Assignee, DelegationDecision, DelegationRequest, Verdict
 from core.team import candidates_for
-from ml.policy import POLICY, format_candidates, format_task
+from ml.policy import (
+    POLICY,
+    REASONING_HINT,
+    REASONING_MAX_CHARS,
+    confidence_as_fraction,
+    format_candidates,
+    format_task,
+)
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -21,8 +28,6 @@ if TYPE_CHECKING:
 PROGRAM_VERSION = "instructor-v1"
 # Instructor re-asks only when the answer fails validation; transport errors go to Temporal.
 MAX_REASKS = 2
-# Short reasons keep generation (the dominant cost on a small local model) brief.
-REASONING_SCHEMA_CHARS = 60
 
 
 class RoutingAnswer(BaseModel):
@@ -32,23 +37,20 @@ class RoutingAnswer(BaseModel):
     confidence: float = Field(description="How sure you are, from 0 to 1.")
     reasoning: str = Field(
         default="",
-        description="At most ten words naming the rule, e.g. 'Rule 2: invoice payment.'",
-        json_schema_extra={"maxLength": REASONING_SCHEMA_CHARS},
+        description=REASONING_HINT,
+        json_schema_extra={"maxLength": REASONING_MAX_CHARS},
     )
 
     @field_validator("reasoning", mode="before")
     @classmethod
     def _clip_reasoning(cls, value: Any) -> Any:
         # A long reason is not worth a re-ask: keep what fits.
-        return value[:REASONING_SCHEMA_CHARS] if isinstance(value, str) else value
+        return value[:REASONING_MAX_CHARS] if isinstance(value, str) else value
 
     @field_validator("confidence", mode="before")
     @classmethod
     def _percent_to_fraction(cls, value: Any) -> Any:
-        # JSON-schema grammars do not enforce numeric bounds; small models sometimes answer 90 for 0.9.
-        if isinstance(value, int | float) and 1 < value <= 100:
-            return value / 100
-        return value
+        return confidence_as_fraction(value)
 
     @field_validator("confidence")
     @classmethod
