@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.settings import Settings, get_settings
@@ -90,12 +88,9 @@ def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no
 
 
 def _run(decider, examples, label: str):  # type: ignore[no-untyped-def]
-    from ml.evaluation import run_decider
+    from ml.evaluation import run_with_progress
 
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task(label, total=len(examples))
-        return asyncio.run(run_decider(decider, examples, on_done=lambda _: progress.advance(bar)))
+    return run_with_progress(decider, examples, console, label)
 
 
 def _load(dataset: Path, split: str | None, limit: int | None):  # type: ignore[no-untyped-def]

@@ -104,6 +104,22 @@ async def run_decider(
     return list(await asyncio.gather(*(one(e) for e in examples)))
 
 
+def run_with_progress(decider: Decider, examples: Sequence[LabeledExample], console: Any, label: str) -> list[Outcome]:
+    """``run_decider`` from synchronous code, with a rich progress bar on ``console``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(label, total=len(examples))
+        return asyncio.run(run_decider(decider, examples, on_done=lambda _: progress.advance(bar)))
+
+
 def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str, model: str) -> EvaluationReport:
     """Metrics over outcomes. Confidence, Brier and latency use the answered examples only."""
     n = len(outcomes)

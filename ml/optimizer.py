@@ -10,7 +10,6 @@ Prints exactly::
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +18,22 @@ from typing import Any
 
 import dspy
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from core.team import candidates_for
 from ml.dataset import LabeledExample, dataset_sha256
 from ml.dspy_decider import DSPyDecider, LoadedProgram
-from ml.dspy_modules import DelegationDecider, DelegationJSONAdapter, DelegationSignature
-from ml.evaluation import EvaluationReport, Outcome, exact_match, run_decider, summarize
+from ml.dspy_modules import (
+    DelegationDecider,
+    DelegationJSONAdapter,
+    DelegationSignature,
+)
+from ml.evaluation import (
+    EvaluationReport,
+    Outcome,
+    exact_match,
+    run_with_progress,
+    summarize,
+)
 from ml.llm_endpoint import LLMEndpoint
 from ml.policy import format_candidates, format_task
 from ml.registry import ArtifactRegistry, Manifest
@@ -58,8 +67,6 @@ def relative_improvement(base: float, optimized: float) -> float:
 def to_dspy_example(example: LabeledExample) -> dspy.Example:
     """The optimizer's view of an example: the same inputs the serving path sends, the label as output."""
     request = example.to_request()
-    from core.team import candidates_for
-
     candidates = candidates_for(request)
     return dspy.Example(
         candidates=format_candidates(candidates),
@@ -111,10 +118,7 @@ def evaluate_program(
 ) -> tuple[EvaluationReport, list[Outcome]]:
     """Run the program through the serving decider (same prompt, schema and validation) with a progress bar."""
     decider = DSPyDecider(lm, endpoint, LoadedProgram(program, version))
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task(label, total=len(examples))
-        outcomes = asyncio.run(run_decider(decider, examples, on_done=lambda _: progress.advance(bar)))
+    outcomes = run_with_progress(decider, examples, console, label)
     return summarize(outcomes, variant="dspy", program_version=version, model=endpoint.model), outcomes
 
 
