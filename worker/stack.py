@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,8 +136,22 @@ class Stack:
             *dev_server_flags(),
         ]
         pid = self._spawn("temporal", argv)
-        self._wait(lambda: asyncio.run(_temporal_healthy(self.temporal_address, self.settings.temporal_namespace)),
-                   "temporal", pid, timeout_s)
+        self._wait(self._temporal_healthy, "temporal", pid, timeout_s)
+
+    def _temporal_healthy(self) -> bool:
+        host, port = _host_port(self.temporal_address)
+        return port_open(host, port) and asyncio.run(
+            _temporal_healthy(self.temporal_address, self.settings.temporal_namespace)
+        )
+
+    def _llm_healthy(self) -> bool:
+        from ml.local_server import LocalServerError, wait_until_ready
+
+        try:
+            wait_until_ready(self.endpoint.base_url, 0.5)
+        except LocalServerError:
+            return False
+        return True
 
     def start_llm(self, timeout_s: float = 300.0) -> bool:
         """Start the embedded LLM server when no other endpoint is configured. Returns whether it applies."""
@@ -145,26 +160,16 @@ class Stack:
         if port_open("127.0.0.1", self.settings.local_llm_port):
             return True
         pid = self._spawn("llm", [sys.executable, "-m", "ml.local_server"])
-        from ml.local_server import LocalServerError, wait_until_ready
+        self._wait(self._llm_healthy, "llm", pid, timeout_s)
+        return True
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if _read_pid(self._paths("llm")[0]) is None:
-                raise StackError(f"the embedded LLM exited during start; see {self._paths('llm')[1]}")
-            try:
-                wait_until_ready(self.endpoint.base_url, 2.0)
-                return True
-            except LocalServerError:
-                continue
-        self._terminate(pid)
-        raise StackError(f"the embedded LLM did not become ready in {timeout_s:.0f} s; see {self._paths('llm')[1]}")
-
-    def _wait(self, check: object, name: str, pid: int, timeout_s: float) -> None:
+    def _wait(self, check: Callable[[], bool], name: str, pid: int, timeout_s: float) -> None:
+        """Poll ``check`` until it passes, failing early if the process exits and after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if _read_pid(self._paths(name)[0]) is None:
                 raise StackError(f"{name} exited during start; see {self._paths(name)[1]}")
-            if check():  # type: ignore[operator]
+            if check():
                 return
             time.sleep(0.25)
         self._terminate(pid)
@@ -208,7 +213,6 @@ class Stack:
 
     def status(self) -> list[ServiceStatus]:
         """Pid, liveness and health of each service."""
-        host, port = _host_port(self.temporal_address)
         temporal_pid = _read_pid(self._paths("temporal")[0])
         statuses = [
             ServiceStatus(
@@ -216,27 +220,19 @@ class Stack:
                 pid=temporal_pid,
                 running=temporal_pid is not None,
                 address=f"{self.temporal_address} (UI {self.ui_address})",
-                healthy=port_open(host, port)
-                and asyncio.run(_temporal_healthy(self.temporal_address, self.settings.temporal_namespace)),
+                healthy=self._temporal_healthy(),
                 log=self._paths("temporal")[1],
             )
         ]
         if self.endpoint.embedded:
             llm_pid = _read_pid(self._paths("llm")[0])
-            from ml.local_server import LocalServerError, wait_until_ready
-
-            try:
-                wait_until_ready(self.endpoint.base_url, 0.5)
-                healthy = True
-            except LocalServerError:
-                healthy = False
             statuses.append(
                 ServiceStatus(
                     name="llm",
                     pid=llm_pid,
                     running=llm_pid is not None,
                     address=self.endpoint.base_url,
-                    healthy=healthy,
+                    healthy=self._llm_healthy(),
                     log=self._paths("llm")[1],
                 )
             )
