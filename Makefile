@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The stack (Temporal dev server + embedded LLM), DSPy at 50 %, the sample tasks, then the worker keeps serving.
+## The stack (Temporal dev server + embedded LLM), the monthly schedule, DSPy at 50 %, the sample tasks, then the worker keeps serving.
 run: install
 	$(BIN)/delegation stack up
-	$(BIN)/delegation flags set --use-dspy true --percentage 50
+	$(BIN)/delegation schedule create
+	$(BIN)/delegation rollout set 50 --reason "make run demo"
 	$(BIN)/delegation demo
 
 ## The whole suite: unit, integration (real dev server), replay, e2e (real embedded model).

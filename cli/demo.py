@@ -39,7 +39,7 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
 
     from core.feature_flags import FeatureFlagProvider
     from core.settings import env_file_for
-    from worker.main import build_dependencies, warm_up, worker_for
+    from worker.main import build_dependencies, running_workers, warm_up
 
     logger.remove()
     logger.add(settings.run_dir / "demo-worker.log", level="INFO")
@@ -53,10 +53,9 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
     flags = FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)).read()
     console.print(f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})")
     client = await connect(settings.temporal_address, settings.temporal_namespace)
-    worker = worker_for(client, deps, settings)
     requests = sample_requests(time.strftime("%Y%m%d%H%M%S"), limit)
     results: list[tuple[DelegationRequest, DecisionRecord | None, str | None]] = []
-    async with worker:
+    async with running_workers(client, deps, settings):
         columns = (TextColumn("deciding"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("decisions", total=len(requests))
@@ -74,8 +73,8 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
                       "(search: DelegationVariant=\"dspy\")")
         console.print("decision log: tail -f logs/delegation_decisions.log | grep TRAINING_DATA")
         if serve:
-            console.print("[bold]worker serving task queue "
-                          f"{settings.task_queue!r}; Ctrl-C to stop[/]")
+            console.print(f"[bold]worker serving task queues {settings.task_queue!r} and "
+                          f"{settings.reoptimization_task_queue!r}; Ctrl-C to stop[/]")
             stop = asyncio.Event()
             import signal
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,23 +15,27 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from cli import ml_commands
-from core.feature_flags import FLAG_NAMES, FlagsFileError, get_feature_flags, write_flags_file
+from cli import ml_commands, report_commands, rollout_commands, schedule_commands
+from core.feature_flags import FLAG_NAMES, FlagsFileError, get_feature_flags
 from core.models import DelegationRequest, describe_validation_error
+from core.rollout import AuditEntry, RolloutControl, operator_name
 from core.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(help="Delegation decisions on Temporal.", no_args_is_help=True, add_completion=False)
 stack_app = typer.Typer(help="The local stack: Temporal dev server and the embedded LLM.", no_args_is_help=True)
-flags_app = typer.Typer(help="Live feature flags: rollout and rollback without a restart.", no_args_is_help=True)
+flags_app = typer.Typer(help="Live feature flags (see also `delegation rollout`).", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the wire contract.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(flags_app, name="flags")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(rollout_commands.rollout_app, name="rollout")
+app.add_typer(schedule_commands.schedule_app, name="schedule")
 app.add_typer(ml_commands.data_app, name="data")
 app.add_typer(ml_commands.artifacts_app, name="artifacts")
 app.command("evaluate")(ml_commands.evaluate_command)
 app.command("compare")(ml_commands.compare_command)
 app.command("optimize")(ml_commands.optimize_command)
+app.command("report")(report_commands.report_command)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -157,6 +162,63 @@ async def _decide_once(request: DelegationRequest, timeout: float):  # type: ign
         _fail(f"decision failed for {handle.id}: {err.cause}")
 
 
+@app.command("feedback")
+def feedback_command(
+    task_id: Annotated[str, typer.Argument(help="The task the decision was about.")],
+    outcome: Annotated[str, typer.Option(help="accepted, reassigned or failed.")],
+    correct_assignee: Annotated[
+        str | None, typer.Option("--correct-assignee", help="Who should have had it (required when reassigned).")
+    ] = None,
+    comment: Annotated[str, typer.Option(help="Free text for reviewers.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the worker.")] = 60.0,
+) -> None:
+    """Report what happened to a decision (through RecordFeedbackWorkflow; a worker must be running)."""
+    from core.models import DelegationFeedback
+
+    try:
+        feedback = DelegationFeedback(
+            task_id=task_id,
+            outcome=outcome,  # type: ignore[arg-type]
+            correct_assignee_id=correct_assignee,
+            comment=comment,
+        )
+    except ValidationError as err:
+        _fail(describe_validation_error(err, model_name="DelegationFeedback"), code=2)
+        return
+    receipt = asyncio.run(_send_feedback(feedback, timeout))
+    if as_json:
+        print(receipt.model_dump_json())
+        return
+    what = {"stored": "stored", "unchanged": "already stored: nothing changed", "updated": "updated"}[receipt.result]
+    console.print(
+        f"feedback on {receipt.workflow_id} ({receipt.variant} chose {receipt.decided_assignee_id}): "
+        f"{receipt.outcome}{' -> ' + receipt.correct_assignee_id if receipt.correct_assignee_id else ''}, {what}"
+    )
+
+
+async def _send_feedback(feedback, timeout: float):  # type: ignore[no-untyped-def]
+    from temporalio.client import WorkflowFailureError
+    from temporalio.exceptions import ApplicationError
+
+    from workflows.client import connect, send_feedback
+
+    settings = get_settings()
+    try:
+        client = await connect(settings.temporal_address, settings.temporal_namespace)
+    except RuntimeError as err:
+        _fail(f"cannot reach Temporal at {settings.temporal_address} ({err}); run `delegation stack up`")
+    try:
+        return await asyncio.wait_for(send_feedback(client, feedback, task_queue=settings.task_queue), timeout)
+    except TimeoutError:
+        _fail(f"no answer within {timeout:.0f} s: is a worker running (`delegation worker`)?")
+    except WorkflowFailureError as err:
+        cause = err.cause
+        while cause is not None and not isinstance(cause, ApplicationError):
+            cause = cause.cause
+        _fail(cause.message if isinstance(cause, ApplicationError) else str(err.cause), code=2)
+
+
 # ---- flags -----------------------------------------------------------------------------------
 
 
@@ -172,14 +234,18 @@ def _parse_bool(name: str, value: str | None) -> bool | None:
     return None
 
 
-def _write_flags(updates: dict[str, object]) -> None:
+def _control() -> RolloutControl:
     settings = get_settings()
+    return RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
+
+
+def _change_flags(change: Callable[[RolloutControl], AuditEntry]) -> AuditEntry:
     try:
-        write_flags_file(settings.flags_file, updates, updated_by="delegation-cli")
+        return change(_control())
     except (ValidationError, FlagsFileError) as err:
         message = describe_validation_error(err, model_name="flags") if isinstance(err, ValidationError) else str(err)
         _fail(f"{message}; the flags file was not changed", code=2)
-    _show_flags()
+        raise  # unreachable: _fail exits
 
 
 def _show_flags() -> None:
@@ -208,8 +274,9 @@ def flags_set(
     use_dspy: Annotated[str | None, typer.Option("--use-dspy", help="USE_DSPY_DELEGATION: true or false.")] = None,
     percentage: Annotated[int | None, typer.Option("--percentage", help="DSPY_ROLLOUT_PERCENTAGE, 0-100.")] = None,
     log_decisions: Annotated[str | None, typer.Option("--log-decisions", help="LOG_DELEGATION_DECISIONS.")] = None,
+    guardrail: Annotated[str | None, typer.Option("--guardrail", help="DSPY_GUARDRAIL_ENABLED.")] = None,
 ) -> None:
-    """Set live flag values; running workers use them for the next decision."""
+    """Set live flag values (audited); running workers use them for the next decision."""
     updates: dict[str, object] = {}
     if (value := _parse_bool("--use-dspy", use_dspy)) is not None:
         updates["USE_DSPY_DELEGATION"] = value
@@ -217,21 +284,13 @@ def flags_set(
         updates["DSPY_ROLLOUT_PERCENTAGE"] = percentage
     if (value := _parse_bool("--log-decisions", log_decisions)) is not None:
         updates["LOG_DELEGATION_DECISIONS"] = value
+    if (value := _parse_bool("--guardrail", guardrail)) is not None:
+        updates["DSPY_GUARDRAIL_ENABLED"] = value
     if not updates:
-        _fail(f"nothing to set; give at least one of --use-dspy, --percentage, --log-decisions ({FLAG_NAMES})", 2)
-    _write_flags(updates)
-
-
-@flags_app.command("rollout")
-def flags_rollout(percentage: Annotated[int, typer.Argument(help="Share of routing keys on DSPy, 0-100.")]) -> None:
-    """Turn DSPy on for a share of routing keys (0 → 10 → 25 → 50 → 100; raising keeps keys on DSPy)."""
-    _write_flags({"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": percentage})
-
-
-@flags_app.command("rollback")
-def flags_rollback() -> None:
-    """Send every decision to Instructor now: DSPy off, 0 %."""
-    _write_flags({"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0})
+        _fail(f"nothing to set; give at least one of --use-dspy, --percentage, --log-decisions, --guardrail "
+              f"({FLAG_NAMES})", 2)
+    _change_flags(lambda control: control.change("flags set", updates, who=operator_name()))
+    _show_flags()
 
 
 # ---- schemas ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ class RoutingChoice(BaseModel):
     bucket: int = Field(ge=0, le=9999)
     variant: Variant
     flags_error: str | None = None
+    guardrail: str | None = Field(default=None, description="Why the guardrail just rolled DSPy back, if it did.")
     decide_timeout_s: float = Field(gt=0, description="Start-to-close timeout for one decider attempt.")
     decider_activity: Literal["local", "remote"] = Field(
         default="remote", description="Run the decider as a local activity (fast path) or a regular one (queued)."

@@ -7,7 +7,7 @@ Precedence, highest first:
    worker is moved or rolled back without a restart;
 2. the process environment (fixed when the process started);
 3. the env file: ``.env``, or ``.env.staging`` when ``APP_ENV=staging``;
-4. the coded defaults: DSPy off, 0 %, logging on.
+4. the coded defaults: DSPy off, 0 %, logging on, guardrail off.
 
 A value that does not parse (``DSPY_ROLLOUT_PERCENTAGE=150``, ``USE_DSPY_DELEGATION=maybe``,
 a broken flags file) is reported and the last good flags stay in force; before any good
@@ -30,7 +30,7 @@ from core.files import atomic_write_text
 from core.models import describe_validation_error
 from core.settings import env_file_for, get_settings
 
-FLAG_NAMES = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS")
+FLAG_NAMES = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS", "DSPY_GUARDRAIL_ENABLED")
 
 
 class FeatureFlags(BaseModel):
@@ -41,6 +41,7 @@ class FeatureFlags(BaseModel):
     use_dspy_delegation: bool = Field(default=False, alias="USE_DSPY_DELEGATION")
     dspy_rollout_percentage: int = Field(default=0, ge=0, le=100, alias="DSPY_ROLLOUT_PERCENTAGE")
     log_delegation_decisions: bool = Field(default=True, alias="LOG_DELEGATION_DECISIONS")
+    dspy_guardrail_enabled: bool = Field(default=False, alias="DSPY_GUARDRAIL_ENABLED")
 
     def as_env(self) -> dict[str, bool | int]:
         """The flags under their environment names."""
@@ -55,6 +56,7 @@ class _EnvFlags(BaseSettings):
     USE_DSPY_DELEGATION: bool = False
     DSPY_ROLLOUT_PERCENTAGE: int = Field(default=0, ge=0, le=100)
     LOG_DELEGATION_DECISIONS: bool = True
+    DSPY_GUARDRAIL_ENABLED: bool = False
 
     @classmethod
     def settings_customise_sources(
@@ -137,6 +139,15 @@ class FeatureFlagProvider:
     def get_all_flags(self) -> dict[str, bool | int]:
         """The flags in force, under their environment names."""
         return self.read().flags.as_env()
+
+
+def flags_file_updated_at(path: Path) -> datetime | None:
+    """When the live flags file was last written (its ``updated_at``), or None without a readable one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return datetime.fromisoformat(data["updated_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_flags_file(path: Path, updates: dict[str, Any], *, updated_by: str = "cli") -> FeatureFlags:

@@ -146,7 +146,7 @@ class DecisionRecord(BaseModel):
     fallback_used: bool
     error: str | None
     bucket: int = Field(ge=0, le=9999)
-    rollout_percentage: int = Field(ge=0, le=100)
+    rollout_percentage: int = Field(ge=0, le=100, description="The DSPy share in force for this request (0 while DSPy is off).")
     decided_at: AwareDatetime
 
 
@@ -159,3 +159,62 @@ def describe_validation_error(error: ValidationError, *, model_name: str | None 
         parts.append(f"{location}: {message}")
     title = model_name or error.title
     return f"invalid {title}: " + "; ".join(parts)
+
+
+FeedbackOutcome = Literal["accepted", "reassigned", "failed"]
+MAX_COMMENT_CHARS = 2000
+
+
+class DelegationFeedback(BaseModel):
+    """What really happened to a decision, reported by an upstream service or a person.
+
+    Names the decision by ``task_id`` or by ``workflow_id`` (one of them). A ``reassigned``
+    decision needs the ``correct_assignee_id``; a ``failed`` one may carry it. Reassigned
+    and failed decisions are failed decisions: with a correct assignee they become training
+    examples at the next re-optimization.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/-]+$")
+    ] | None = None
+    workflow_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)] | None = None
+    outcome: FeedbackOutcome
+    correct_assignee_id: AssigneeId | None = None
+    comment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_COMMENT_CHARS)] = ""
+
+    @model_validator(mode="after")
+    def _names_one_decision_and_fits_outcome(self) -> DelegationFeedback:
+        if (self.task_id is None) == (self.workflow_id is None):
+            raise ValueError("name the decision by exactly one of task_id or workflow_id")
+        if self.outcome == "reassigned" and self.correct_assignee_id is None:
+            raise ValueError("correct_assignee_id is required when the outcome is 'reassigned'")
+        if self.outcome == "accepted" and self.correct_assignee_id is not None:
+            raise ValueError("an accepted decision has no correct_assignee_id (the decided assignee was correct)")
+        return self
+
+    @property
+    def decision_workflow_id(self) -> str:
+        """The id of the DelegationWorkflow the feedback is about."""
+        return self.workflow_id or f"delegation-{self.task_id}"
+
+    @property
+    def is_failure(self) -> bool:
+        """Reassigned and failed decisions count as failed decisions."""
+        return self.outcome != "accepted"
+
+
+class FeedbackReceipt(BaseModel):
+    """What storing a piece of feedback did: ``stored`` (new), ``unchanged`` (same as before) or ``updated``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workflow_id: str
+    run_id: str
+    task_id: str
+    outcome: FeedbackOutcome
+    correct_assignee_id: str | None
+    result: Literal["stored", "unchanged", "updated"]
+    decided_assignee_id: str | None = None
+    variant: Variant | None = None

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from core.models import DecisionRecord, DelegationRequest
+from core.models import DecisionRecord, DelegationFeedback, DelegationRequest, FeedbackReceipt
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "delegation_request.schema.json": DelegationRequest,
     "decision_record.schema.json": DecisionRecord,
+    "delegation_feedback.schema.json": DelegationFeedback,
+    "feedback_receipt.schema.json": FeedbackReceipt,
 }
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from core.rollout import GuardrailLimits
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,22 +62,53 @@ class Settings(BaseSettings):
     llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
+    guardrail_window: int = Field(default=50, ge=1, le=10_000, alias="GUARDRAIL_WINDOW")
+    guardrail_min_decisions: int = Field(default=20, ge=1, le=10_000, alias="GUARDRAIL_MIN_DECISIONS")
+    guardrail_max_error_rate: float = Field(default=0.02, ge=0, le=1, alias="GUARDRAIL_MAX_ERROR_RATE")
+    guardrail_max_p95_latency_ms: float = Field(default=2000.0, gt=0, alias="GUARDRAIL_MAX_P95_LATENCY_MS")
+
+    reoptimize_margin: float = Field(default=0.02, ge=0, le=1, alias="REOPTIMIZE_MARGIN")
+    review_confidence_below: float = Field(default=0.5, ge=0, le=1, alias="REVIEW_CONFIDENCE_BELOW")
+    reoptimization_task_queue: str = Field(default="delegation-reoptimization", alias="REOPTIMIZATION_TASK_QUEUE")
+
     feature_flags_file: Path | None = Field(default=None, alias="FEATURE_FLAGS_FILE")
     decision_log_file: Path | None = Field(default=None, alias="DECISION_LOG_FILE")
     decision_db_file: Path | None = Field(default=None, alias="DECISION_DB_FILE")
 
     @property
     def flags_file(self) -> Path:
-        """The live flags file written by the rollout commands."""
-        return self.feature_flags_file or self.data_dir / "feature_flags.json"
+        """The live flags file written by the rollout commands; staging keeps its own."""
+        return self.feature_flags_file or self.data_dir / f"feature_flags{self._env_suffix}.json"
+
+    @property
+    def rollout_audit_path(self) -> Path:
+        """Who moved the rollout, when, from what to what (JSON lines); one per environment."""
+        return self.log_dir / f"rollout_audit{self._env_suffix}.jsonl"
+
+    @property
+    def _env_suffix(self) -> str:
+        name = self.app_env.strip().lower()
+        return "" if name in ("", "dev", "development", "local") else f".{name}"
+
+    def guardrail_limits(self) -> GuardrailLimits:
+        """The automatic rollback's thresholds."""
+        from core.rollout import GuardrailLimits
+
+        return GuardrailLimits(
+            window=self.guardrail_window,
+            min_decisions=self.guardrail_min_decisions,
+            max_error_rate=self.guardrail_max_error_rate,
+            max_p95_latency_ms=self.guardrail_max_p95_latency_ms,
+        )
 
     @property
     def decision_log_path(self) -> Path:
-        return self.decision_log_file or self.log_dir / "delegation_decisions.log"
+        return self.decision_log_file or self.log_dir / f"delegation_decisions{self._env_suffix}.log"
 
     @property
     def decision_db_path(self) -> Path:
-        return self.decision_db_file or self.data_dir / "decisions.sqlite3"
+        # Per environment, so staging's decisions never count in dev's report or guardrail.
+        return self.decision_db_file or self.data_dir / f"decisions{self._env_suffix}.sqlite3"
 
     @property
     def artifact_dir(self) -> Path:

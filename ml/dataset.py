@@ -107,7 +107,8 @@ def _read(path: Path) -> tuple[list[LoadedExample], list[str]]:
     return loaded, problems
 
 
-def _text_key(example: LabeledExample) -> list[str]:
+def text_keys(example: LabeledExample) -> list[str]:
+    """The normalized texts two examples must not share across splits (title, and description if any)."""
     keys = [" ".join(example.title.lower().split())]
     if example.description.strip():
         keys.append(" ".join(example.description.lower().split()))
@@ -131,7 +132,7 @@ def check_files(paths: Sequence[Path]) -> tuple[list[LabeledExample], list[str]]
             problems.append(f"{where}: duplicate id {item.example.id!r} (first at {previous.path}:{previous.line})")
         else:
             first_by_id[item.example.id] = item
-        for key in _text_key(item.example):
+        for key in text_keys(item.example):
             other = first_by_text.get(key)
             if other is None:
                 first_by_text[key] = item

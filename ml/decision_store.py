@@ -14,10 +14,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
-from core.models import DecisionRecord
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from core.models import DecisionRecord, DelegationFeedback, FeedbackReceipt
 
 TRAINING_DATA_MARKER = "TRAINING_DATA"
 
@@ -44,7 +46,55 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
 CREATE INDEX IF NOT EXISTS decisions_variant ON decisions (variant);
+CREATE TABLE IF NOT EXISTS feedback (
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    correct_assignee_id TEXT,
+    comment TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    feedback_json TEXT NOT NULL,
+    PRIMARY KEY (workflow_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS feedback_received_at ON feedback (received_at);
+CREATE TABLE IF NOT EXISTS reoptimization_runs (
+    run_key TEXT PRIMARY KEY,
+    collected_until TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    report_json TEXT NOT NULL
+);
 """
+
+
+class UnknownDecision(LookupError):
+    """Feedback names a decision the store has never recorded."""
+
+
+class InvalidFeedback(ValueError):
+    """Feedback does not fit the decision it names (e.g. a correct assignee outside its candidates)."""
+
+
+class StoredFeedback(BaseModel):
+    """Feedback as stored next to its decision, with when it (last) arrived."""
+
+    model_config = ConfigDict(frozen=True)
+
+    feedback: DelegationFeedback
+    received_at: AwareDatetime
+
+
+class StoredDecision(BaseModel):
+    """A decision record and the feedback on it, if any."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record: DecisionRecord
+    feedback: StoredFeedback | None = None
+
+
+def _iso(moment: datetime) -> str:
+    # One fixed format (UTC, microseconds) so that text comparison in SQL orders correctly.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
 def training_log_line(record: DecisionRecord) -> str:
@@ -101,7 +151,7 @@ class DecisionStore:
                         record.error,
                         record.bucket,
                         record.rollout_percentage,
-                        record.decided_at.astimezone(UTC).isoformat(),
+                        _iso(record.decided_at),
                         record.model_dump_json(),
                     ),
                 )
@@ -150,3 +200,160 @@ class DecisionStore:
             else:
                 (n,) = conn.execute("SELECT COUNT(*) FROM decisions WHERE workflow_id = ?", (workflow_id,)).fetchone()
         return int(n)
+
+    # ---- feedback ---------------------------------------------------------------------------
+
+    def record_feedback(self, feedback: DelegationFeedback, received_at: datetime) -> FeedbackReceipt:
+        """Store feedback on the latest run of the decision it names; the same feedback twice changes nothing.
+
+        Raises ``UnknownDecision`` when no decision was recorded under that id and
+        ``InvalidFeedback`` when the correct assignee is not one of that request's candidates.
+        """
+        from core.team import candidates_for
+
+        workflow_id = feedback.decision_workflow_id
+        with self._lock, self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT run_id, record_json FROM decisions WHERE workflow_id = ? ORDER BY decided_at DESC LIMIT 1",
+                    (workflow_id,),
+                ).fetchone()
+                if row is None:
+                    raise UnknownDecision(f"no decision is recorded for {_named(feedback)}")
+                run_id, record_json = row
+                record = DecisionRecord.model_validate_json(record_json)
+                if feedback.task_id is not None and record.task_id != feedback.task_id:
+                    raise UnknownDecision(f"no decision is recorded for {_named(feedback)}")
+                candidate_ids = [c.id for c in candidates_for(record.request)]
+                if feedback.correct_assignee_id is not None and feedback.correct_assignee_id not in candidate_ids:
+                    raise InvalidFeedback(
+                        f"correct_assignee_id {feedback.correct_assignee_id!r} is not a candidate of task "
+                        f"{record.task_id}; its candidates are {candidate_ids}"
+                    )
+                if (
+                    feedback.outcome == "reassigned"
+                    and record.decision is not None
+                    and record.decision.assignee_id == feedback.correct_assignee_id
+                ):
+                    raise InvalidFeedback(
+                        f"task {record.task_id} was already given to {feedback.correct_assignee_id}: "
+                        "report it as accepted, or name the assignee it was reassigned to"
+                    )
+                # Stored under the decision's own ids, so a feedback by task id and one by workflow id match.
+                canonical = feedback.model_copy(update={"task_id": record.task_id, "workflow_id": None})
+                payload = canonical.model_dump_json()
+                existing = conn.execute(
+                    "SELECT feedback_json FROM feedback WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id)
+                ).fetchone()
+                if existing is not None and existing[0] == payload:
+                    result = "unchanged"
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO feedback (workflow_id, run_id, outcome, correct_assignee_id, comment,"
+                        " received_at, feedback_json) VALUES (?,?,?,?,?,?,?)",
+                        (workflow_id, run_id, feedback.outcome, feedback.correct_assignee_id, feedback.comment,
+                         _iso(received_at), payload),
+                    )
+                    result = "stored" if existing is None else "updated"
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return FeedbackReceipt(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            task_id=record.task_id,
+            outcome=feedback.outcome,
+            correct_assignee_id=feedback.correct_assignee_id,
+            result=result,
+            decided_assignee_id=record.decision.assignee_id if record.decision else None,
+            variant=record.variant,
+        )
+
+    def decisions(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[StoredDecision]:
+        """Decisions made in ``(since, until]``, oldest first, each with its feedback."""
+        return self._select("d.decided_at", since, until)
+
+    def decisions_with_feedback(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[StoredDecision]:
+        """Decisions whose feedback arrived (or last changed) in ``(since, until]``, in arrival order."""
+        return self._select("f.received_at", since, until, require_feedback=True)
+
+    def _select(
+        self, column: str, since: datetime | None, until: datetime | None, *, require_feedback: bool = False
+    ) -> list[StoredDecision]:
+        clauses, params = [], []
+        if require_feedback:
+            clauses.append("f.workflow_id IS NOT NULL")
+        if since is not None:
+            clauses.append(f"{column} > ?")
+            params.append(_iso(since))
+        if until is not None:
+            clauses.append(f"{column} <= ?")
+            params.append(_iso(until))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = (
+            "SELECT d.record_json, f.feedback_json, f.received_at FROM decisions d LEFT JOIN feedback f"
+            f" ON f.workflow_id = d.workflow_id AND f.run_id = d.run_id {where} ORDER BY {column}"
+        )
+        with self._connect() as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [
+            StoredDecision(
+                record=DecisionRecord.model_validate_json(record_json),
+                feedback=None
+                if feedback_json is None
+                else StoredFeedback(
+                    feedback=DelegationFeedback.model_validate_json(feedback_json),
+                    received_at=datetime.fromisoformat(received_at),
+                ),
+            )
+            for record_json, feedback_json, received_at in rows
+        ]
+
+    def recent_decisions(self, limit: int) -> list[DecisionRecord]:
+        """The last ``limit`` decisions of either arm (newest first), for the live split."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT record_json FROM decisions ORDER BY decided_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [DecisionRecord.model_validate_json(row[0]) for row in rows]
+
+    def recent_dspy_decisions(self, limit: int, *, since: datetime | None = None) -> list[DecisionRecord]:
+        """The last ``limit`` decisions the flags assigned to DSPy (newest first), for the guardrail."""
+        params: list[object] = []
+        where = "WHERE assigned_variant = 'dspy'"
+        if since is not None:
+            where += " AND decided_at > ?"
+            params.append(_iso(since))
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT record_json FROM decisions {where} ORDER BY decided_at DESC LIMIT ?", (*params, limit)
+            ).fetchall()
+        return [DecisionRecord.model_validate_json(row[0]) for row in rows]
+
+    # ---- re-optimization runs ---------------------------------------------------------------
+
+    def last_collected_until(self) -> datetime | None:
+        """Where the last finished re-optimization stopped collecting feedback."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT MAX(collected_until) FROM reoptimization_runs").fetchone()
+        return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def record_reoptimization(self, run_key: str, collected_until: datetime, report_json: str, finished_at: datetime) -> bool:
+        """Remember a finished run (idempotent by ``run_key``). Returns True when stored now."""
+        with self._lock, self._connect() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO reoptimization_runs (run_key, collected_until, finished_at, report_json)"
+                " VALUES (?,?,?,?)",
+                (run_key, _iso(collected_until), _iso(finished_at), report_json),
+            )
+        return cursor.rowcount == 1
+
+
+def _named(feedback: DelegationFeedback) -> str:
+    return f"task {feedback.task_id}" if feedback.task_id is not None else f"workflow {feedback.workflow_id}"

@@ -135,6 +135,8 @@ def optimize(
     console: Console,
     artifact_directory: Path | None = None,
     initial_status: str = "candidate",
+    extra_params: dict[str, Any] | None = None,
+    status_reason: str | None = None,
 ) -> OptimizationResult:
     """Compile, score base and optimized on dev, and write a new candidate version. Writes nothing on failure."""
     if not train or not dev:
@@ -152,7 +154,9 @@ def optimize(
         program,
         {
             "optimizer": optimizer,
-            "optimizer_params": {"max_demos": max_demos, "seed": seed, "demos": len(program.route.demos)},
+            "optimizer_params": {
+                "max_demos": max_demos, "seed": seed, "demos": len(program.route.demos), **(extra_params or {})
+            },
             "train_sha256": dataset_sha256(train),
             "dev_sha256": dataset_sha256(dev),
             "train_size": len(train),
@@ -164,7 +168,7 @@ def optimize(
             "signature_fields": list(DelegationSignature.fields),
             "parent_version": parent,
             "status": initial_status,
-            "status_reason": (
+            "status_reason": status_reason or (
                 "written by the optimizer; promote after review"
                 if initial_status == "candidate"
                 else f"shipped as {initial_status} with the code"

@@ -11,7 +11,7 @@ import pytest_asyncio
 
 import ml  # noqa: F401  - first: pins litellm/DSPy to their bundled metadata before any test imports them
 
-FLAG_ENV = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS")
+FLAG_ENV = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS", "DSPY_GUARDRAIL_ENABLED")
 
 
 @pytest.fixture(autouse=True)

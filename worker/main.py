@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
@@ -13,17 +16,21 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deciders import DeciderActivities
-from activities.flags import FlagActivities
+from activities.feedback import FeedbackActivities
+from activities.flags import FlagActivities, Guardrail
 from activities.recording import RecordActivities
 from core.feature_flags import FeatureFlagProvider
+from core.rollout import GuardrailLimits, RolloutControl
 from core.settings import Settings, env_file_for, get_settings
 from ml.decider import Decider
 from ml.decision_store import DecisionStore
 from ml.llm_endpoint import LLMEndpoint, resolve_endpoint
 from workflows.converter import DATA_CONVERTER
 from workflows.delegation import DelegationWorkflow
+from workflows.feedback import RecordFeedbackWorkflow
 
 if TYPE_CHECKING:
+    from activities.reoptimization import ReoptimizationActivities
     from ml.dspy_decider import ProgramSource
 
 # Headroom over the LLM timeout for one decider attempt: connection setup and validation.
@@ -39,6 +46,15 @@ class WorkerDependencies:
     dspy: Decider
     store: DecisionStore
     flags: FeatureFlagProvider
+    audit_log: Path | None = None
+    environment: str = "dev"
+    guardrail_limits: GuardrailLimits = field(default_factory=GuardrailLimits)
+    reoptimization: ReoptimizationActivities | None = None
+
+    def rollout_control(self) -> RolloutControl:
+        """Moves the live flags with an audit entry (the guardrail's rollback goes through it)."""
+        audit_log = self.audit_log or self.store.db_path.with_name("rollout_audit.jsonl")
+        return RolloutControl(self.flags, audit_log, self.environment)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -63,17 +79,36 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
     from ml.instructor_decider import InstructorDecider
     from ml.llm_endpoint import build_async_openai, build_dspy_lm
 
+    from activities.reoptimization import ReoptimizationActivities
+    from ml.dataset import DEFAULT_DATASET
+    from ml.registry import ArtifactRegistry
+    from ml.training_set import TrainingSetStore
+
     endpoint = resolve_endpoint(settings)
     logger.info("LLM endpoint: {} model {} ({})", endpoint.base_url, endpoint.model, endpoint.provider)
     lm = build_dspy_lm(endpoint)
     source = program_source(settings)
     logger.info("DSPy program version {}", source.current.version)
+    store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
     return WorkerDependencies(
         endpoint=endpoint,
         instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
         dspy=DSPyDecider(lm, endpoint, source),
-        store=DecisionStore(settings.decision_db_path, settings.decision_log_path),
+        store=store,
         flags=FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)),
+        audit_log=settings.rollout_audit_path,
+        environment=settings.app_env,
+        guardrail_limits=settings.guardrail_limits(),
+        reoptimization=ReoptimizationActivities(
+            store=store,
+            registry=ArtifactRegistry(settings.artifact_dir),
+            training_sets=TrainingSetStore(settings.artifact_dir / "training_sets", DEFAULT_DATASET),
+            lm=lm,
+            endpoint=endpoint,
+            dataset=DEFAULT_DATASET,
+            margin=settings.reoptimize_margin,
+            review_confidence_below=settings.review_confidence_below,
+        ),
     )
 
 
@@ -124,20 +159,43 @@ def build_worker(
         deps.flags,
         decide_timeout_s=queue_wait + llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S,
         decider_activity=decider_activity,
+        guardrail=Guardrail(deps.store, deps.rollout_control(), deps.guardrail_limits),
     )
     recording = RecordActivities(deps.store)
+    feedback = FeedbackActivities(deps.store)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[DelegationWorkflow],
+        workflows=[DelegationWorkflow, RecordFeedbackWorkflow],
         activities=[
             flags.read_feature_flags,
             deciders.decide_with_instructor,
             deciders.decide_with_dspy,
             recording.record_decision,
+            feedback.record_feedback,
         ],
         max_concurrent_activities=llm_concurrency,
         max_concurrent_local_activities=max(64, 4 * llm_concurrency),
+    )
+
+
+def build_reoptimization_worker(client: Client, activities: ReoptimizationActivities, *, task_queue: str) -> Worker:
+    """A worker for ``ReoptimizeDelegationWorkflow``: one activity at a time (optimization is CPU-bound)."""
+    from workflows.reoptimization import ReoptimizeDelegationWorkflow
+
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ReoptimizeDelegationWorkflow],
+        activities=[
+            activities.collect_failed_decisions,
+            activities.extend_training_set,
+            activities.optimize_challenger,
+            activities.evaluate_programs,
+            activities.decide_promotion,
+            activities.finish_reoptimization,
+        ],
+        max_concurrent_activities=1,
     )
 
 
@@ -168,6 +226,20 @@ def worker_for(client: Client, deps: WorkerDependencies, settings: Settings) -> 
     )
 
 
+@contextlib.asynccontextmanager
+async def running_workers(client: Client, deps: WorkerDependencies, settings: Settings) -> AsyncIterator[None]:
+    """The decision worker and, when configured, the re-optimization worker, running for the block."""
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(worker_for(client, deps, settings))
+        queues = [settings.task_queue]
+        if deps.reoptimization is not None:
+            queue = settings.reoptimization_task_queue
+            await stack.enter_async_context(build_reoptimization_worker(client, deps.reoptimization, task_queue=queue))
+            queues.append(queue)
+        logger.info("worker serving task queues {} on {}", queues, settings.temporal_address)
+        yield
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Connect, run the worker, and shut down cleanly when ``stop`` is set or on SIGINT/SIGTERM."""
     stop = stop or asyncio.Event()
@@ -187,9 +259,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     client = await Client.connect(
         settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
     )
-    worker = worker_for(client, deps, settings)
-    logger.info("worker serving task queue {!r} on {}", settings.task_queue, settings.temporal_address)
-    async with worker:
+    async with running_workers(client, deps, settings):
         await stop.wait()
         logger.info("shutting down: finishing in-flight tasks")
     logger.info("worker stopped")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from core.models import DecisionRecord, DelegationRequest
+from core.models import DecisionRecord, DelegationFeedback, DelegationRequest, FeedbackReceipt
+from core.reoptimization import FEEDBACK_WORKFLOW_NAME
 from workflows.converter import DATA_CONVERTER
 from workflows.delegation import TASK_QUEUE, WORKFLOW_NAME, DelegationWorkflow
 
@@ -48,4 +50,33 @@ async def start_delegation(
 async def decide(client: Client, request: DelegationRequest, **kwargs: object) -> DecisionRecord:
     """Start a decision and wait for its record."""
     handle = await start_delegation(client, request, **kwargs)  # type: ignore[arg-type]
+    return await handle.result()
+
+
+def feedback_workflow_id(feedback: DelegationFeedback) -> str:
+    """One workflow id per distinct piece of feedback on a decision: repeats attach to the same id."""
+    digest = hashlib.sha256(feedback.model_dump_json().encode()).hexdigest()[:16]
+    return f"feedback-{feedback.decision_workflow_id}-{digest}"
+
+
+async def send_feedback(
+    client: Client, feedback: DelegationFeedback, *, task_queue: str = TASK_QUEUE
+) -> FeedbackReceipt:
+    """Record feedback on a decision through ``RecordFeedbackWorkflow`` and return the receipt.
+
+    Raises ``WorkflowFailureError`` whose cause is an ``ApplicationError`` of type
+    ``UnknownDecision`` or ``InvalidFeedback`` when the feedback does not fit.
+    """
+    feedback = DelegationFeedback.model_validate(feedback.model_dump())
+    handle = await client.start_workflow(
+        FEEDBACK_WORKFLOW_NAME,
+        feedback,
+        id=feedback_workflow_id(feedback),
+        task_queue=task_queue,
+        result_type=FeedbackReceipt,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        request_eager_start=True,
+        execution_timeout=timedelta(minutes=5),
+    )
     return await handle.result()

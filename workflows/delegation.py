@@ -95,6 +95,8 @@ class DelegationWorkflow:
         )
         if choice.flags_error:
             workflow.logger.warning("flags rejected, last good flags used: %s", choice.flags_error)
+        if choice.guardrail:
+            workflow.logger.error("guardrail rolled DSPy back to 0 %%: %s", choice.guardrail)
 
         data = DecideInput(workflow_id=info.workflow_id, request=request)
         variant: Variant = choice.variant
@@ -128,7 +130,8 @@ class DelegationWorkflow:
             fallback_used=fallback_used,
             error="; ".join(errors) or None,
             bucket=choice.bucket,
-            rollout_percentage=choice.dspy_rollout_percentage,
+            # The DSPy share actually in force for this request (0 while DSPy is off), for the SRM check.
+            rollout_percentage=choice.dspy_rollout_percentage if choice.use_dspy_delegation else 0,
             decided_at=workflow.now(),
         )
         self._record = record

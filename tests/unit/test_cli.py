@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from core.settings import get_settings
 from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 runner = CliRunner()
@@ -66,15 +67,15 @@ def test_evaluate_ends_with_one_json_line(
 
 
 def test_flags_commands_refuse_bad_values_and_leave_the_file_alone(tmp_path: Path) -> None:
-    assert runner.invoke(app, ["flags", "rollout", "25"]).exit_code == 0
-    flags_file = tmp_path / "data" / "feature_flags.json"
+    assert runner.invoke(app, ["rollout", "set", "25"]).exit_code == 0
+    flags_file = get_settings().flags_file
     before = flags_file.read_bytes()
     assert json.loads(before)["flags"] == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
-    refused = runner.invoke(app, ["flags", "rollout", "150"])
+    refused = runner.invoke(app, ["rollout", "set", "150"])
     assert refused.exit_code == 2
     assert "DSPY_ROLLOUT_PERCENTAGE" in refused.output
     assert flags_file.read_bytes() == before
-    assert runner.invoke(app, ["flags", "rollback"]).exit_code == 0
+    assert runner.invoke(app, ["rollout", "rollback", "--disable"]).exit_code == 0
     assert json.loads(flags_file.read_bytes())["flags"] == {"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0}
 
 

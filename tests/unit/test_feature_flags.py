@@ -310,7 +310,12 @@ def test_get_all_flags_returns_names_with_python_values(
     monkeypatch.setenv("LOG_DELEGATION_DECISIONS", "no")
     flags = FeatureFlagProvider(flags_file, env_file).get_all_flags()
     assert set(flags) == set(FLAG_NAMES)
-    assert flags == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 35, "LOG_DELEGATION_DECISIONS": False}
+    assert flags == {
+        "USE_DSPY_DELEGATION": True,
+        "DSPY_ROLLOUT_PERCENTAGE": 35,
+        "LOG_DELEGATION_DECISIONS": False,
+        "DSPY_GUARDRAIL_ENABLED": False,
+    }
     assert type(flags["USE_DSPY_DELEGATION"]) is bool
     assert type(flags["DSPY_ROLLOUT_PERCENTAGE"]) is int
     assert type(flags["LOG_DELEGATION_DECISIONS"]) is bool
