@@ -42,6 +42,27 @@ def data_check(paths: Annotated[list[Path] | None, typer.Argument(help="JSONL fi
         raise typer.Exit(1)
 
 
+@data_app.command("split")
+def data_split(
+    source: Annotated[Path, typer.Argument(help="JSONL file to split.")] = DEFAULT_DATASET,
+    out_dir: Annotated[Path | None, typer.Option(help="Folder for train/dev/test.jsonl (default: next to SOURCE).")] = None,
+) -> None:
+    """Write SOURCE's train, dev and test splits as their own files (the split is the stable id hash)."""
+    from core.files import atomic_write_text
+    from ml.dataset import DatasetError, load_examples, split_files_text
+
+    try:
+        examples = load_examples(source)
+    except DatasetError as err:
+        err_console.print(str(err))
+        raise typer.Exit(1) from None
+    folder = out_dir or source.parent
+    for split, text in split_files_text(examples).items():
+        path = folder / f"{split}.jsonl"
+        atomic_write_text(path, text)
+        console.print(f"wrote {path} ({text.count(chr(10))} examples)")
+
+
 # ---- deciders for evaluation -----------------------------------------------------------------
 
 

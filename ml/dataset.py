@@ -164,3 +164,12 @@ def dataset_sha256(examples: Iterable[LabeledExample]) -> str:
         digest.update(example.model_dump_json().encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def split_files_text(examples: Sequence[LabeledExample]) -> dict[Split, str]:
+    """The examples of each split as JSONL text, in file order (``ml/data/{train,dev,test}.jsonl``)."""
+    texts: dict[Split, str] = {}
+    for split in ("train", "dev", "test"):
+        lines = [e.model_dump_json(exclude_defaults=True) for e in examples if e.split == split]
+        texts[split] = "".join(line + "\n" for line in lines)  # type: ignore[index]
+    return texts

@@ -221,3 +221,14 @@ def test_dataset_hash_is_the_same_for_files_loaded_in_either_order(tmp_path: Pat
     assert dataset_sha256(load_examples([b, a])) == before
     _write(b, [{"id": "f-2", "title": "Fix the login bug", "label": "self"}])
     assert dataset_sha256(load_examples([a, b])) != before
+
+
+def test_committed_split_files_match_the_dataset() -> None:
+    """ml/data/{train,dev,test}.jsonl are `delegation data split` of the bundled set, kept in sync."""
+    from ml.dataset import split_files_text
+
+    texts = split_files_text(load_examples(DEFAULT_DATASET))
+    for split, text in texts.items():
+        committed = (DEFAULT_DATASET.parent / f"{split}.jsonl").read_text(encoding="utf-8")
+        assert committed == text, f"ml/data/{split}.jsonl is stale: run `delegation data split`"
+        assert {e.split for e in load_examples(DEFAULT_DATASET.parent / f"{split}.jsonl")} == {split}
