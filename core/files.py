@@ -1,22 +1,35 @@
-"""Atomic file replacement (standard library only)."""
+"""Atomic file writes (standard library only): readers see the old file or the new one, never a part."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a part."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, exclusive: bool = False) -> None:
+    """Let ``write`` fill a temporary file next to ``path``, flush it to disk, then put it in place.
+
+    ``exclusive`` links the file into place instead of replacing: ``FileExistsError`` rather
+    than overwrite an existing ``path`` (immutable versions).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, replacing any old file."""
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -26,8 +26,6 @@ Methods (all intervals 95 %, all tests two-sided):
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from core.files import write_atomically
 from core.models import Variant
 from ml.decision_store import StoredDecision
 
@@ -605,15 +604,5 @@ def plot_report(report: ABReport, decisions: Sequence[StoredDecision], path: Pat
         ax.set_title(title)
     figure.suptitle(f"A/B report, intention-to-treat arms: {report.decisions} decisions")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
     return path

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from typing import NamedTuple
 from loguru import logger
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, write_atomically
 from core.models import DecisionRecord, DelegationRequest
 from core.reoptimization import TrainingSetResult
 from core.team import candidates_for
@@ -188,15 +187,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def _create_exclusive(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all, and fail with FileExistsError rather than replace it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")), exclusive=True)
 
 
 class TrainingSetStore:
