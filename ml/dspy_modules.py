@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import dspy
 from dspy.adapters.utils import serialize_for_json
 
-from ml.policy import POLICY, REASONING_HINT, REASONING_MAX_CHARS
+from core.team import default_team
+from ml.policy import POLICY, REASONING_HINT, REASONING_MAX_CHARS, format_candidates
 
 
 class DelegationSignature(dspy.Signature):
@@ -51,8 +53,13 @@ def answer_format(candidate_ids: Sequence[str] | None) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": "DelegationAnswer", "schema": schema}}
 
 
-# Shown in place of a demo's candidate list when it is the list of the request being decided.
-SAME_CANDIDATES = "(the same candidates as in the final message)"
+# Shown in place of a demo's candidate list when it is the default team, whose ids the rules name.
+DEFAULT_TEAM_MARK = "(the default team: the candidates the rules name)"
+
+
+@cache
+def _default_team_text() -> str:
+    return format_candidates(default_team())
 
 
 class DelegationJSONAdapter(dspy.JSONAdapter):
@@ -65,11 +72,13 @@ class DelegationJSONAdapter(dspy.JSONAdapter):
     - a ``response_format`` passed by the caller is kept as given (the candidate enum);
     - no per-call "Respond with a JSON object..." reminder (about 35 tokens a call);
     - demo answers as one-line JSON, so the model imitates the short form;
-    - a demo's candidate list is replaced by a one-line pointer when it equals the request's
-      (the default team: about 250 tokens per demo, 2,000 of a 3,600-token prompt with 8 demos).
+    - a demo whose candidates are the default team shows a one-line mark instead of the list
+      (about 250 tokens per demo, 2,000 of a 3,600-token prompt with 8 demos); the request
+      itself always lists its candidates, and the schema's enum holds the answer to them.
 
-    The fixed part of the prompt (system message and demos) stays identical from call to call
-    for requests with the same candidates, so the server's prompt cache serves it.
+    The mark does not depend on the request, so the fixed part of the prompt (system message
+    and demos) is identical for every call, default team or not, and the server's prompt
+    cache keeps serving it when requests with their own candidates come in between.
     """
 
     def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any) -> None:
@@ -78,8 +87,7 @@ class DelegationJSONAdapter(dspy.JSONAdapter):
         super()._prepare_response_format(lm, lm_kwargs, signature)
 
     def format(self, signature: Any, demos: list[Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        current = inputs.get("candidates")
-        return super().format(signature, [_point_to_request(demo, current) for demo in demos], inputs)
+        return super().format(signature, [_mark_default_team(demo) for demo in demos], inputs)
 
     def user_message_output_requirements(self, signature: Any) -> str | None:
         return None
@@ -91,12 +99,12 @@ class DelegationJSONAdapter(dspy.JSONAdapter):
         return json.dumps(serialize_for_json(answer), ensure_ascii=False)
 
 
-def _point_to_request(demo: Any, current_candidates: Any) -> Any:
-    if current_candidates is None or demo.get("candidates") != current_candidates:
+def _mark_default_team(demo: Any) -> Any:
+    if demo.get("candidates") != _default_team_text():
         return demo
     if isinstance(demo, dspy.Example):
-        return demo.copy(candidates=SAME_CANDIDATES)
-    return {**demo, "candidates": SAME_CANDIDATES}
+        return demo.copy(candidates=DEFAULT_TEAM_MARK)
+    return {**demo, "candidates": DEFAULT_TEAM_MARK}
 
 
 class DelegationDecider(dspy.Module):

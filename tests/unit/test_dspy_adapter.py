@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from core.team import default_team
-from ml.dspy_modules import SAME_CANDIDATES, DelegationJSONAdapter, DelegationSignature
+from ml.dspy_modules import DEFAULT_TEAM_MARK, DelegationJSONAdapter, DelegationSignature
 from ml.policy import format_candidates, format_task
 from tests.support.factories import CUSTOM_TEAM
 
@@ -28,18 +28,23 @@ def render(inputs_team: str, demos: list[dict]) -> list[dict]:
     return DelegationJSONAdapter().format(DelegationSignature, demos, inputs)
 
 
-def test_a_demo_with_the_request_candidates_points_to_them_instead_of_repeating_them() -> None:
+def test_a_default_team_demo_shows_a_mark_instead_of_repeating_the_list() -> None:
     messages = render(TEAM, [demo(TEAM, "Refund Ana", "finance-manager"), demo(OTHER_TEAM, "Ship it", "self")])
     first_demo, second_demo, request = messages[1]["content"], messages[3]["content"], messages[-1]["content"]
-    assert SAME_CANDIDATES in first_demo and TEAM not in first_demo
-    assert OTHER_TEAM in second_demo  # a different list is shown in full
-    assert TEAM in request
+    assert DEFAULT_TEAM_MARK in first_demo and TEAM not in first_demo
+    assert OTHER_TEAM in second_demo  # another team is shown in full
+    assert TEAM in request  # the request always lists its candidates
     assert sum(TEAM in m["content"] for m in messages) == 1
 
 
-def test_demos_are_shown_in_full_when_the_request_has_other_candidates() -> None:
-    messages = render(OTHER_TEAM, [demo(TEAM, "Refund Ana", "finance-manager")])
-    assert TEAM in messages[1]["content"] and SAME_CANDIDATES not in messages[1]["content"]
+def test_the_demos_do_not_depend_on_the_request_candidates() -> None:
+    demos = [demo(TEAM, "Refund Ana", "finance-manager"), demo(OTHER_TEAM, "Ship it", "self")]
+    default_request = render(TEAM, demos)
+    custom_request = render(OTHER_TEAM, demos)
+    # The whole prefix (system message and demos) is the same, so the server's prompt cache
+    # keeps it when requests with their own candidates come in between.
+    assert default_request[:-1] == custom_request[:-1]
+    assert OTHER_TEAM in custom_request[-1]["content"]
 
 
 def test_demo_answers_are_one_line_json_and_there_is_no_format_reminder() -> None:
