@@ -234,7 +234,9 @@ def optimize_command(
     train: Annotated[Path, typer.Option(help="JSONL file; its train split is used.")] = DEFAULT_DATASET,
     dev: Annotated[Path, typer.Option(help="JSONL file; its dev split is used.")] = DEFAULT_DATASET,
     seed: Annotated[int, typer.Option(help="Shuffles the train examples; same inputs + seed = same program.")] = 7,
-    artifact_dir: Annotated[Path | None, typer.Option(help="Write the version here (default ARTIFACT_DIR).")] = None,
+    artifact_dir: Annotated[
+        Path | None, typer.Option(help="Registry folder to write the version to (default ARTIFACT_DIR; ml/artifacts ships it).")
+    ] = None,
     initial_status: Annotated[
         str, typer.Option(help="candidate, or champion when shipping the first version with the code.")
     ] = "candidate",
@@ -253,12 +255,16 @@ def optimize_command(
     dev_examples = _load(dev, "dev", None)
     _ensure_endpoint(settings)
     endpoint = resolve_endpoint(settings)
-    registry = ArtifactRegistry(settings.artifact_dir)
+    from ml.registry import BUILTIN_DIR
+
+    # --artifact-dir is a registry of its own, except ml/artifacts: the versions shipped with the code.
+    shipping = artifact_dir is not None and artifact_dir.resolve() == BUILTIN_DIR.resolve()
+    registry = ArtifactRegistry(settings.artifact_dir if shipping or artifact_dir is None else artifact_dir)
     try:
         result = optimize(
             registry=registry, lm=build_dspy_lm(endpoint), endpoint=endpoint, train=train_examples,
             dev=dev_examples, optimizer=optimizer, max_demos=max_demos, seed=seed, console=console,
-            artifact_directory=artifact_dir, initial_status=initial_status,
+            artifact_directory=BUILTIN_DIR if shipping else None, initial_status=initial_status,
         )
     except (OptimizationError, RegistryError) as err:
         _fail(f"{err}; nothing was written")

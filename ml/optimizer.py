@@ -141,6 +141,7 @@ def optimize(
     """Compile, score base and optimized on dev, and write a new candidate version. Writes nothing on failure."""
     if not train or not dev:
         raise OptimizationError(f"need train and dev examples (got {len(train)} train, {len(dev)} dev)")
+    registry.writable_folder(artifact_directory)  # refuse a bad folder now, not after an hour of compiling
     with console.status(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples"):
         program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed)
     base, _ = evaluate_program(

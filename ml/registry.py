@@ -213,15 +213,22 @@ class ArtifactRegistry:
         versions = self.versions()
         return (versions[-1] + 1) if versions else 1
 
+    def writable_folder(self, directory: Path | None = None) -> Path:
+        """The folder a new version goes to; refuses any other than ARTIFACT_DIR or the built-in one."""
+        folder = directory or self.artifact_dir
+        if folder.resolve() not in (self.artifact_dir.resolve(), self.builtin_dir.resolve()):
+            raise RegistryError(f"versions are written to {self.artifact_dir} or {self.builtin_dir}, not {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise RegistryError(f"{folder} is not writable")
+        return folder
+
     def write_version(self, program: Any, manifest_fields: dict[str, Any], *, directory: Path | None = None) -> Manifest:
         """Save a program as a new version with its manifest; nothing is left behind if any step fails.
 
         Versions are never overwritten: the program file is created exclusively.
         """
-        folder = directory or self.artifact_dir
-        if folder.resolve() not in (self.artifact_dir.resolve(), self.builtin_dir.resolve()):
-            raise RegistryError(f"versions are written to {self.artifact_dir} or {self.builtin_dir}, not {folder}")
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.writable_folder(directory)
         with self._lock:
             version = self.next_version()
             target = folder / program_filename(version)

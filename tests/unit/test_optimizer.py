@@ -215,3 +215,18 @@ def test_optimize_without_examples_writes_nothing(
     assert registry.versions() == []
     assert not registry.artifact_dir.exists() or list(registry.artifact_dir.iterdir()) == []
     assert lm.history == []
+
+
+def test_a_folder_outside_the_registry_is_refused_before_any_llm_call(tmp_path: Path) -> None:
+    from ml.registry import RegistryError
+
+    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    lm = _always_right_lm(TRAIN + DEV)
+    with pytest.raises(RegistryError, match="versions are written to"):
+        optimize(
+            registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
+            optimizer="labeled", max_demos=2, seed=7, console=_quiet_console(),
+            artifact_directory=tmp_path / "elsewhere",
+        )
+    assert lm.history == []
+    assert registry.versions() == [] and not (tmp_path / "elsewhere").exists()
