@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
@@ -256,6 +257,11 @@ class ReoptimizationActivities:
             outcomes = await self._heartbeating(
                 run_decider(decider, examples), f"evaluating {program.version} on {len(examples)} examples"
             )
+            failed = Counter((o.error or "").split(":", 1)[0] for o in outcomes if o.error)
+            if failed:
+                # The scores carry only rates; say what failed (error types only, never task text).
+                logger.warning("{} on {} examples: {} errors {}", program.version, len(examples), sum(failed.values()),
+                               dict(failed))
             reports.append(summarize(outcomes, variant="dspy", program_version=program.version, model=self._endpoint.model))
         return Scores(
             version=program.version,
