@@ -232,7 +232,7 @@ def quantile_with_interval(values: Sequence[float], q: float) -> Estimate:
     return Estimate(value=point, ci_low=low, ci_high=high, n=n)
 
 
-def compare_proportions(metric: str, dspy: Estimate, instructor: Estimate) -> Comparison:
+def compare_proportions(metric: str, dspy: Estimate, instructor: Estimate, *, basis: str = "decisions") -> Comparison:
     """DSPy minus Instructor for a proportion: Newcombe interval, z test or Fisher exact for small counts."""
     from scipy.stats import fisher_exact
     from statsmodels.stats.proportion import (
@@ -244,7 +244,7 @@ def compare_proportions(metric: str, dspy: Estimate, instructor: Estimate) -> Co
         empty = [name for name, est in (("DSPy", dspy), ("Instructor", instructor)) if est.n == 0]
         return Comparison(
             metric=metric, dspy=dspy.value, instructor=instructor.value, difference=None,
-            note=f"not enough data: no {' or '.join(empty)} decisions to compare",
+            note=f"not enough data: no {' or '.join(empty)} {basis} to compare",
         )
     x1, n1, x2, n2 = dspy.count or 0, dspy.n, instructor.count or 0, instructor.n
     low, high = confint_proportions_2indep(x1, n1, x2, n2, method="newcomb", compare="diff",
@@ -403,7 +403,7 @@ def build_report(
     arms = {v: _arm(v, by_arm[v]) for v in VARIANTS}
     dspy, instructor = arms["dspy"], arms["instructor"]
     differences = [
-        compare_proportions("accuracy", dspy.accuracy, instructor.accuracy),
+        compare_proportions("accuracy", dspy.accuracy, instructor.accuracy, basis="decisions with feedback"),
         compare_proportions("error rate", dspy.error_rate, instructor.error_rate),
         compare_latency(_latencies(by_arm["dspy"]), _latencies(by_arm["instructor"])),
     ]

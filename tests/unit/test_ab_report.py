@@ -224,6 +224,8 @@ def test_one_sided_data_says_not_enough_data_instead_of_crashing(store: Decision
     for diff in report.differences:
         assert diff.difference is None and diff.p_value is None
         assert diff.note is not None and diff.note.startswith("not enough data")
+    accuracy = next(d for d in report.differences if d.metric == "accuracy")
+    assert accuracy.note == "not enough data: no DSPy decisions with feedback to compare"
     assert [c.status for c in report.criteria] == ["n/a"] * 4
     empty = build_report([], since=None, until=NOW, optimization=None)
     assert empty.decisions == 0 and empty.sample_ratio.mismatch is False
