@@ -33,3 +33,16 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, exclusi
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically, replacing any old file."""
     write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log file (created 0640 if missing).
+
+    One ``write()`` of the whole line in append mode: concurrent writers never interleave lines.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        os.write(fd, (line + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ who, when, from, to, why.
 from __future__ import annotations
 
 import getpass
-import os
 import socket
 import statistics
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.feature_flags import FeatureFlagProvider, FeatureFlags, write_flags_file
+from core.files import append_line
 from core.models import DecisionRecord
 
 GUARDRAIL_ACTOR = "guardrail"
@@ -86,18 +86,8 @@ class RolloutControl:
             at=datetime.now(UTC), who=who, action=action, environment=self.environment,
             before=before, after=after, reason=reason,
         )
-        self._append(entry)
+        append_line(self.audit_log, entry.model_dump_json())
         return entry
-
-    def _append(self, entry: AuditEntry) -> None:
-        self.audit_log.parent.mkdir(parents=True, exist_ok=True)
-        line = entry.model_dump_json() + "\n"
-        # One write() of a whole line in append mode: concurrent writers never interleave lines.
-        fd = os.open(self.audit_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
 
     def history(self, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries, oldest first (the last ``limit`` when given); unreadable lines are skipped."""

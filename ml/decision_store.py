@@ -9,7 +9,6 @@ commit repeats it on retry), so readers of the log dedupe by (workflow_id, run_i
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from core.files import append_line
 from core.models import DecisionRecord, DelegationFeedback, FeedbackReceipt
 
 TRAINING_DATA_MARKER = "TRAINING_DATA"
@@ -163,7 +163,7 @@ class DecisionStore:
                         (record.workflow_id, record.run_id),
                     ).fetchone()
                     if not already:
-                        self._append_log_line(training_log_line(record))
+                        append_line(self.log_path, training_log_line(record))
                         conn.execute(
                             "UPDATE decisions SET logged = 1 WHERE workflow_id = ? AND run_id = ?",
                             (record.workflow_id, record.run_id),
@@ -174,15 +174,6 @@ class DecisionStore:
                 conn.execute("ROLLBACK")
                 raise
         return stored, logged
-
-    def _append_log_line(self, line: str) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        # One write() of a whole line in append mode: concurrent writers never interleave lines.
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        try:
-            os.write(fd, (line + "\n").encode("utf-8"))
-        finally:
-            os.close(fd)
 
     def get(self, workflow_id: str) -> list[DecisionRecord]:
         """All records stored for a workflow id, oldest first."""
