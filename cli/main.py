@@ -6,9 +6,8 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -16,10 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from cli import ml_commands, report_commands, rollout_commands, schedule_commands
-from core.feature_flags import FLAG_NAMES, FlagsFileError, get_feature_flags
+from core.feature_flags import FLAG_NAMES, get_feature_flags
 from core.models import DelegationRequest, describe_validation_error
-from core.rollout import AuditEntry, RolloutControl, operator_name
-from core.settings import PROJECT_ROOT, get_settings
+from core.rollout import operator_name
+from core.settings import PROJECT_ROOT, Settings, get_settings
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
 
 app = typer.Typer(help="Delegation decisions on Temporal.", no_args_is_help=True, add_completion=False)
 stack_app = typer.Typer(help="The local stack: Temporal dev server and the embedded LLM.", no_args_is_help=True)
@@ -143,16 +145,23 @@ def decide_command(
     console.print(table)
 
 
+async def _connect(settings: Settings) -> Client:
+    from workflows.client import connect
+
+    try:
+        return await connect(settings.temporal_address, settings.temporal_namespace)
+    except RuntimeError as err:
+        _fail(f"cannot reach Temporal at {settings.temporal_address} ({err}); run `delegation stack up`")
+        raise  # unreachable: _fail exits
+
+
 async def _decide_once(request: DelegationRequest, timeout: float):  # type: ignore[no-untyped-def]
     from temporalio.client import WorkflowFailureError
 
-    from workflows.client import connect, start_delegation
+    from workflows.client import start_delegation
 
     settings = get_settings()
-    try:
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
-    except RuntimeError as err:
-        _fail(f"cannot reach Temporal at {settings.temporal_address} ({err}); run `delegation stack up`")
+    client = await _connect(settings)
     handle = await start_delegation(client, request, task_queue=settings.task_queue, request_eager_start=False)
     try:
         return await asyncio.wait_for(handle.result(), timeout)
@@ -201,13 +210,10 @@ async def _send_feedback(feedback, timeout: float):  # type: ignore[no-untyped-d
     from temporalio.client import WorkflowFailureError
     from temporalio.exceptions import ApplicationError
 
-    from workflows.client import connect, send_feedback
+    from workflows.client import send_feedback
 
     settings = get_settings()
-    try:
-        client = await connect(settings.temporal_address, settings.temporal_namespace)
-    except RuntimeError as err:
-        _fail(f"cannot reach Temporal at {settings.temporal_address} ({err}); run `delegation stack up`")
+    client = await _connect(settings)
     try:
         return await asyncio.wait_for(send_feedback(client, feedback, task_queue=settings.task_queue), timeout)
     except TimeoutError:
@@ -232,20 +238,6 @@ def _parse_bool(name: str, value: str | None) -> bool | None:
         return False
     _fail(f"{name} must be true or false, not {value!r}", code=2)
     return None
-
-
-def _control() -> RolloutControl:
-    settings = get_settings()
-    return RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
-
-
-def _change_flags(change: Callable[[RolloutControl], AuditEntry]) -> AuditEntry:
-    try:
-        return change(_control())
-    except (ValidationError, FlagsFileError) as err:
-        message = describe_validation_error(err, model_name="flags") if isinstance(err, ValidationError) else str(err)
-        _fail(f"{message}; the flags file was not changed", code=2)
-        raise  # unreachable: _fail exits
 
 
 def _show_flags() -> None:
@@ -289,7 +281,7 @@ def flags_set(
     if not updates:
         _fail(f"nothing to set; give at least one of --use-dspy, --percentage, --log-decisions, --guardrail "
               f"({FLAG_NAMES})", 2)
-    _change_flags(lambda control: control.change("flags set", updates, who=operator_name()))
+    rollout_commands.apply_change(lambda control: control.change("flags set", updates, who=operator_name()))
     _show_flags()
 
 

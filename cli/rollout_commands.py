@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -23,19 +24,20 @@ err_console = Console(stderr=True)
 LIVE_SPLIT_WINDOW = 200
 
 
-def _control() -> RolloutControl:
+def rollout_control() -> RolloutControl:
+    """The live flags of this environment, with its audit log."""
     settings = get_settings()
     return RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
 
 
-def _apply(action: str, change: object) -> None:
+def apply_change(change: Callable[[RolloutControl], AuditEntry]) -> AuditEntry:
+    """Make an audited flag change; a refused value exits 2 naming it, file and audit log unchanged."""
     try:
-        entry = change()  # type: ignore[operator]
+        return change(rollout_control())
     except (ValidationError, FlagsFileError) as err:
         message = describe_validation_error(err, model_name="flags") if isinstance(err, ValidationError) else str(err)
         err_console.print(f"[bold red]error:[/] {message}; the flags file was not changed")
         raise typer.Exit(2) from None
-    _print_change(entry)
 
 
 def _print_change(entry: AuditEntry) -> None:
@@ -53,7 +55,7 @@ def rollout_set(
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
 ) -> None:
     """Move DSPy to PCT % of routing keys (turns USE_DSPY_DELEGATION on when PCT > 0)."""
-    _apply("set", lambda: _control().set_percentage(percentage, who=operator_name(), reason=reason))
+    _print_change(apply_change(lambda control: control.set_percentage(percentage, who=operator_name(), reason=reason)))
 
 
 @rollout_app.command("rollback")
@@ -62,7 +64,7 @@ def rollout_rollback(
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
 ) -> None:
     """Send every new decision to Instructor now: DSPy 0 %."""
-    _apply("rollback", lambda: _control().rollback(disable=disable, who=operator_name(), reason=reason))
+    _print_change(apply_change(lambda control: control.rollback(disable=disable, who=operator_name(), reason=reason)))
 
 
 @rollout_app.command("status")
@@ -72,7 +74,7 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
     from ml.registry import ArtifactRegistry, RegistryError
 
     settings = get_settings()
-    control = _control()
+    control = rollout_control()
     reading = control.provider.read()
     flags = reading.flags
     try:
