@@ -37,7 +37,9 @@ class Guardrail:
         # One judgement at a time: concurrent decisions must not roll back (and audit) twice.
         async with self._lock:
             since = flags_file_updated_at(self._control.provider.flags_file)
-            records = await asyncio.to_thread(self._store.recent_dspy_decisions, self._limits.window, since=since)
+            records = await asyncio.to_thread(
+                self._store.recent_decisions, self._limits.window, assigned_variant="dspy", since=since
+            )
             verdict = check_guardrail(records, self._limits)
             if not verdict.tripped:
                 return None

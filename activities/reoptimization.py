@@ -45,7 +45,7 @@ from ml.evaluation import run_decider, summarize
 from ml.llm_endpoint import LLMEndpoint
 from ml.optimizer import OptimizationError, optimize
 from ml.registry import ArtifactRegistry, RegistryError
-from ml.training_set import TrainingSetError, TrainingSetStore
+from ml.training_set import FailedExample, TrainingSetError, TrainingSetStore
 
 T = TypeVar("T")
 REVIEW_LIMIT = 50
@@ -187,7 +187,7 @@ class ReoptimizationActivities:
             if record is None:
                 logger.warning("decision {} / {} is gone from the store; skipped", ref.workflow_id, ref.run_id)
                 continue
-            items.append((f"{ref.workflow_id}:{ref.run_id}", record.request, ref.correct_assignee_id))
+            items.append(FailedExample.from_record(record, ref.correct_assignee_id))
         try:
             return await asyncio.to_thread(self._training_sets.extend, data.run_key, items)
         except TrainingSetError as err:

@@ -87,7 +87,7 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
     expected = sum(r.rollout_percentage for r in recent) / len(recent) if recent else None
     limits = settings.guardrail_limits()
     since = flags_file_updated_at(settings.flags_file)
-    verdict = check_guardrail(store.recent_dspy_decisions(limits.window, since=since), limits)
+    verdict = check_guardrail(store.recent_decisions(limits.window, assigned_variant="dspy", since=since), limits)
     trip = control.last_guardrail_trip()
     status = {
         "environment": settings.app_env,

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from core.files import append_line
-from core.models import DecisionRecord, DelegationFeedback, FeedbackReceipt
+from core.models import DecisionRecord, DelegationFeedback, FeedbackReceipt, Variant
 
 TRAINING_DATA_MARKER = "TRAINING_DATA"
 
@@ -306,21 +306,21 @@ class DecisionStore:
             for record_json, feedback_json, received_at in rows
         ]
 
-    def recent_decisions(self, limit: int) -> list[DecisionRecord]:
-        """The last ``limit`` decisions of either arm (newest first), for the live split."""
-        with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT record_json FROM decisions ORDER BY decided_at DESC LIMIT ?", (limit,)
-            ).fetchall()
-        return [DecisionRecord.model_validate_json(row[0]) for row in rows]
+    def recent_decisions(
+        self, limit: int, *, assigned_variant: Variant | None = None, since: datetime | None = None
+    ) -> list[DecisionRecord]:
+        """The last ``limit`` decisions (newest first), optionally of one assigned arm and after ``since``.
 
-    def recent_dspy_decisions(self, limit: int, *, since: datetime | None = None) -> list[DecisionRecord]:
-        """The last ``limit`` decisions the flags assigned to DSPy (newest first), for the guardrail."""
-        params: list[object] = []
-        where = "WHERE assigned_variant = 'dspy'"
+        Either arm for the live split; ``assigned_variant="dspy"`` for the guardrail.
+        """
+        clauses, params = [], []
+        if assigned_variant is not None:
+            clauses.append("assigned_variant = ?")
+            params.append(assigned_variant)
         if since is not None:
-            where += " AND decided_at > ?"
+            clauses.append("decided_at > ?")
             params.append(_iso(since))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._connect() as conn:
             rows = conn.execute(
                 f"SELECT record_json FROM decisions {where} ORDER BY decided_at DESC LIMIT ?", (*params, limit)

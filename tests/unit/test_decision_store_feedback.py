@@ -269,11 +269,11 @@ def test_recent_dspy_decisions_only_counts_dspy_assigned_ones_since_a_moment(sto
             ),
             log_to_file=False,
         )
-    assert [r.workflow_id for r in store.recent_dspy_decisions(10)] == [
+    assert [r.workflow_id for r in store.recent_decisions(10, assigned_variant="dspy")] == [
         "delegation-x-4", "delegation-x-2", "delegation-x-0"
     ]
-    assert [r.workflow_id for r in store.recent_dspy_decisions(2)] == ["delegation-x-4", "delegation-x-2"]
-    assert [r.workflow_id for r in store.recent_dspy_decisions(10, since=T0 + timedelta(minutes=2))] == [
+    assert [r.workflow_id for r in store.recent_decisions(2, assigned_variant="dspy")] == ["delegation-x-4", "delegation-x-2"]
+    assert [r.workflow_id for r in store.recent_decisions(10, assigned_variant="dspy", since=T0 + timedelta(minutes=2))] == [
         "delegation-x-4"
     ]
     assert len(store.recent_decisions(4)) == 4
