@@ -3,13 +3,8 @@ FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 COPY pyproject.toml README.md ./
-COPY core core
-COPY ml ml
-COPY activities activities
-COPY workflows workflows
-COPY worker worker
-COPY cli cli
+COPY delegation delegation
 RUN pip install --no-cache-dir .
 RUN useradd --create-home --uid 10001 delegation && mkdir -p /app/data /app/logs && chown -R delegation /app
 USER delegation
-CMD ["python", "-m", "worker"]
+CMD ["python", "-m", "delegation.worker"]

@@ -41,7 +41,7 @@ stack-down: install
 	$(BIN)/delegation stack down
 
 worker: install
-	$(BIN)/python -m worker
+	$(BIN)/python -m delegation.worker
 
 schemas: install
 	$(BIN)/delegation schemas export

@@ -16,12 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import ml  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
-from cli.ml_commands import _decider, _ensure_endpoint, _load, _run
-from core.settings import get_settings
-from ml.dataset import DEFAULT_DATASET
-from ml.evaluation import mcnemar_test, summarize
-from ml.optimizer import relative_improvement
+import delegation  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
+from delegation.cli.learning_commands import _decider, _ensure_endpoint, _load, _run
+from delegation.core.settings import get_settings
+from delegation.learning.dataset import DEFAULT_DATASET
+from delegation.learning.evaluation import mcnemar_test, summarize
+from delegation.learning.optimizer import relative_improvement
 
 console = Console(width=150)
 

@@ -24,15 +24,15 @@ from rich.table import Table
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from core.feature_flags import FeatureFlagProvider, write_flags_file
-from core.models import DelegationDecision, DelegationRequest, Verdict
-from ml.decision_store import DecisionStore
-from ml.llm_endpoint import LLMEndpoint
-from worker.main import WorkerDependencies, build_worker
-from worker.stack import temporal_binary
-from workflows.client import start_delegation
-from workflows.converter import DATA_CONVERTER
-from workflows.search_attributes import ALL_KEYS
+from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.core.models import DelegationDecision, DelegationRequest, Verdict
+from delegation.store.decisions import DecisionStore
+from delegation.deciders.endpoint import LLMEndpoint
+from delegation.worker.main import WorkerDependencies, build_worker
+from delegation.devstack.stack import temporal_binary
+from delegation.workflows.client import start_delegation
+from delegation.core.converter import DATA_CONVERTER
+from delegation.core.search_attributes import ALL_KEYS
 
 console = Console(width=150)
 

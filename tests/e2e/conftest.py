@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.settings import PROJECT_ROOT, Settings
-from ml.llm_endpoint import LLMEndpoint, resolve_endpoint
-from ml.local_server import wait_until_ready
+from delegation.core.settings import PROJECT_ROOT, Settings
+from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
+from delegation.devstack.llm_server import wait_until_ready
 
 
 def _free_port() -> int:
@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEndpoint]:
-    """Start `python -m ml.local_server` (joins and checks the model once, under the project's data folder)."""
+    """Start `python -m delegation.devstack.llm_server` (joins and checks the model once, under the project's data folder)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("llm") / "llm.log"
     env = {**os.environ, "LOCAL_LLM_PORT": str(port), "DATA_DIR": str(PROJECT_ROOT / "data"), "APP_ENV": "test"}
@@ -31,7 +31,7 @@ def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLME
         env.pop(name, None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "ml.local_server"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT
+            [sys.executable, "-m", "delegation.devstack.llm_server"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT
         )
     endpoint = resolve_endpoint(Settings(LOCAL_LLM_PORT=port, LLM_TIMEOUT_S=120))  # type: ignore[call-arg]
     try:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from core.feature_flags import FeatureFlagProvider, write_flags_file
-from core.models import DelegationRequest
-from core.team import default_team
-from ml.decision_store import DecisionStore
-from ml.llm_endpoint import LLMEndpoint
-from worker.main import build_dependencies, build_worker
-from workflows.client import decide
+from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.core.models import DelegationRequest
+from delegation.core.team import default_team
+from delegation.store.decisions import DecisionStore
+from delegation.deciders.endpoint import LLMEndpoint
+from delegation.worker.main import build_dependencies, build_worker
+from delegation.workflows.client import decide
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ OUTAGE = "The production database is down and the checkout API returns 500 error
 async def test_decision_on_the_embedded_model(
     variant: str, embedded_endpoint: LLMEndpoint, temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    from core.settings import Settings
+    from delegation.core.settings import Settings
 
     settings = Settings(  # type: ignore[call-arg]
         LOCAL_LLM_PORT=int(embedded_endpoint.base_url.rsplit(":", 1)[1].split("/")[0]),

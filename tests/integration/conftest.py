@@ -15,16 +15,16 @@ from dspy.utils import DummyLM
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from core.feature_flags import FeatureFlagProvider, write_flags_file
-from core.models import DecisionRecord, DelegationRequest
-from ml.decision_store import DecisionStore
-from ml.dspy_decider import DSPyDecider, load_program
-from ml.instructor_decider import InstructorDecider
-from ml.llm_endpoint import build_async_openai
+from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.core.models import DecisionRecord, DelegationRequest
+from delegation.store.decisions import DecisionStore
+from delegation.deciders.dspy_decider import DSPyDecider, load_program
+from delegation.deciders.instructor_decider import InstructorDecider
+from delegation.deciders.endpoint import build_async_openai
 from tests.support.factories import endpoint_for
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
-from worker.main import WorkerDependencies, build_worker
-from workflows.client import start_delegation
+from delegation.worker.main import WorkerDependencies, build_worker
+from delegation.workflows.client import start_delegation
 
 HISTORIES_DIR = Path(__file__).resolve().parents[1] / "histories"
 

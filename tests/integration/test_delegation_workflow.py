@@ -10,11 +10,11 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
-from core.models import DecisionRecord
-from ml.decision_store import DecisionStore
+from delegation.core.models import DecisionRecord
+from delegation.store.decisions import DecisionStore
 from tests.integration.conftest import save_history
 from tests.support.scripted_openai import error, last_user_text, routing_answer
-from workflows.search_attributes import (
+from delegation.core.search_attributes import (
     DELEGATION_ASSIGNEE,
     DELEGATION_CONFIDENCE,
     DELEGATION_FALLBACK,

@@ -17,18 +17,18 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.reoptimization import ReoptimizationActivities
-from core.models import DelegationFeedback, DelegationRequest
-from core.reoptimization import ReoptimizeInput, ReoptimizeReport
-from ml.dataset import DEFAULT_DATASET, load_examples
-from ml.decision_store import DecisionStore
-from ml.llm_endpoint import build_dspy_lm
-from ml.registry import ArtifactRegistry
-from ml.training_set import TrainingSetStore
+from delegation.activities.reoptimization import ReoptimizationActivities
+from delegation.core.models import DelegationFeedback, DelegationRequest
+from delegation.core.reoptimization import ReoptimizeInput, ReoptimizeReport
+from delegation.learning.dataset import DEFAULT_DATASET, load_examples
+from delegation.store.decisions import DecisionStore
+from delegation.deciders.endpoint import build_dspy_lm
+from delegation.learning.registry import ArtifactRegistry
+from delegation.learning.training_set import TrainingSetStore
 from tests.support.factories import decision_record, endpoint_for
 from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
-from worker.main import build_reoptimization_worker
-from workflows.reoptimization import ReoptimizeDelegationWorkflow
+from delegation.worker.main import build_reoptimization_worker
+from delegation.workflows.reoptimization import ReoptimizeDelegationWorkflow
 
 pytestmark = pytest.mark.asyncio
 
@@ -159,7 +159,7 @@ async def test_reoptimization_promotes_a_better_challenger_then_rejects_a_tie_th
 async def test_review_lists_fallbacks_and_low_confidence_without_training_on_them(
     temporal_env: WorkflowEnvironment, tmp_path: Path, small_dataset: Path
 ) -> None:
-    from core.models import DelegationDecision
+    from delegation.core.models import DelegationDecision
 
     store = DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
     (tmp_path / "no-builtin").mkdir()

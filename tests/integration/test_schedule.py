@@ -21,14 +21,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from typer.testing import CliRunner, Result
 
-from cli.schedule_commands import schedule_app
-from core.reoptimization import (
+from delegation.cli.schedule_commands import schedule_app
+from delegation.core.reoptimization import (
     REOPTIMIZE_WORKFLOW_NAME,
     ReoptimizeInput,
     ReoptimizeReport,
 )
-from workflows import schedule as reopt_schedule
-from workflows.schedule import ScheduleNotFound
+from delegation.workflows import schedule as reopt_schedule
+from delegation.workflows.schedule import ScheduleNotFound
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from workflows.converter import DATA_CONVERTER
-from workflows.delegation import DelegationWorkflow
+from delegation.core.converter import DATA_CONVERTER
+from delegation.workflows.delegation import DelegationWorkflow
 
 HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.json"))
 

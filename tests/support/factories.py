@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from core.models import Assignee, DecisionRecord, DelegationRequest
-from ml.llm_endpoint import LLMEndpoint
+from delegation.core.models import Assignee, DecisionRecord, DelegationRequest
+from delegation.deciders.endpoint import LLMEndpoint
 
 TEST_API_KEY = "sk-test-do-not-leak-4f9c2e"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from core.settings import Settings
-from workflows.search_attributes import ALL_KEYS
+from delegation.core.settings import Settings
+from delegation.core.search_attributes import ALL_KEYS
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -34,7 +34,7 @@ def test_worker_variables_are_settings_the_service_reads() -> None:
         "USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS"
     }
     assert set(env) <= known, f"variables nothing reads: {set(env) - known}"
-    assert SERVICES["worker"]["command"] == ["python", "-m", "worker"]
+    assert SERVICES["worker"]["command"] == ["python", "-m", "delegation.worker"]
 
 
 def test_published_ports_bind_loopback_only() -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from core.settings import PROJECT_ROOT
+from delegation.core.settings import PROJECT_ROOT
 
 PROBE = textwrap.dedent(
     """
@@ -33,13 +33,13 @@ PROBE = textwrap.dedent(
     socket.socket.connect = guarded_connect
     socket.getaddrinfo = guarded_getaddrinfo
 
-    from worker.main import build_dependencies   # the worker's import order
-    from core.settings import Settings
+    from delegation.worker.main import build_dependencies   # the worker's import order
+    from delegation.core.settings import Settings
     import dspy, litellm, instructor            # noqa: F401
     from dspy.utils import DummyLM
-    from ml.dspy_decider import DSPyDecider, load_program
-    from ml.llm_endpoint import resolve_endpoint, build_dspy_lm
-    from core.models import DelegationRequest
+    from delegation.deciders.dspy_decider import DSPyDecider, load_program
+    from delegation.deciders.endpoint import resolve_endpoint, build_dspy_lm
+    from delegation.core.models import DelegationRequest
 
     settings = Settings(_env_file=None, LLM_BASE_URL="http://127.0.0.1:9/v1")
     build_dspy_lm(resolve_endpoint(settings))

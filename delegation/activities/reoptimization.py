@@ -1,0 +1,330 @@
+"""The re-optimization steps as activities: collect, grow the training set, optimize, evaluate, promote.
+
+Each one is idempotent on retry: the training set and the challenger are found again by
+the run's key instead of being written twice, and promotion checks the status it would set.
+The long ones (optimize, evaluate) run the synchronous DSPy code in a thread and heartbeat
+while it works, so a dead worker is noticed within the heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+import dspy
+from loguru import logger
+from rich.console import Console
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from delegation.core.reoptimization import (
+    ChallengerInput,
+    ChallengerResult,
+    CollectInput,
+    CollectResult,
+    EvaluateInput,
+    EvaluateResult,
+    FailedDecisionRef,
+    FinishInput,
+    FinishResult,
+    PromotionInput,
+    PromotionResult,
+    ReviewItem,
+    Scores,
+    TrainingSetInput,
+    TrainingSetResult,
+)
+from delegation.learning.dataset import DatasetError, LabeledExample, load_examples
+from delegation.store.decisions import DecisionStore, StoredDecision
+from delegation.deciders.dspy_decider import DSPyDecider, LoadedProgram, load_program
+from delegation.learning.evaluation import run_decider, summarize
+from delegation.deciders.endpoint import LLMEndpoint
+from delegation.learning.optimizer import OptimizationError, optimize
+from delegation.learning.registry import ArtifactRegistry, RegistryError
+from delegation.learning.training_set import FailedExample, TrainingSetError, TrainingSetStore
+
+T = TypeVar("T")
+REVIEW_LIMIT = 50
+# The shipped optimizer configuration, used when there is no champion to copy it from.
+DEFAULT_OPTIMIZER = ("bootstrap", 8, 7)
+
+
+def promotion_verdict(scores: EvaluateResult, margin: float) -> tuple[bool, str]:
+    """Promote only when the challenger gains at least ``margin`` dev accuracy (and some), is not
+    worse on test, and does not fail more often (dev and test pooled)."""
+    challenger, champion = scores.challenger, scores.champion
+    gain = challenger.dev_accuracy - champion.dev_accuracy
+    comparison = (
+        f"dev accuracy {challenger.dev_accuracy:.3f} vs champion {champion.dev_accuracy:.3f} ({gain:+.3f}), "
+        f"test {challenger.test_accuracy:.3f} vs {champion.test_accuracy:.3f}"
+    )
+    if gain <= 0 or gain < margin:
+        return False, f"{comparison}: the dev gain is below the margin {margin:.3f}"
+    if challenger.test_accuracy < champion.test_accuracy:
+        return False, f"{comparison}: worse on test"
+    challenger_errors = _pooled_error_rate(challenger)
+    champion_errors = _pooled_error_rate(champion)
+    if challenger_errors > champion_errors:
+        return False, f"{comparison}: error rate {challenger_errors:.1%} is worse than {champion_errors:.1%}"
+    return True, f"{comparison}, error rate {challenger_errors:.1%} vs {champion_errors:.1%}: beats the margin {margin:.3f}"
+
+
+def _pooled_error_rate(scores: Scores) -> float:
+    n = scores.dev_n + scores.test_n
+    return (scores.dev_error_rate * scores.dev_n + scores.test_error_rate * scores.test_n) / n if n else 0.0
+
+
+def _review_reason(decision: StoredDecision, confidence_below: float) -> str | None:
+    record = decision.record
+    if record.decision is None:
+        return "no decision: both deciders failed"
+    if record.fallback_used:
+        return "fallback: DSPy failed and Instructor answered"
+    if record.decision.confidence < confidence_below:
+        return f"low confidence {record.decision.confidence:.2f}"
+    return None
+
+
+class ReoptimizationActivities:
+    """The steps of ``ReoptimizeDelegationWorkflow``; dependencies come from the worker."""
+
+    def __init__(
+        self,
+        *,
+        store: DecisionStore,
+        registry: ArtifactRegistry,
+        training_sets: TrainingSetStore,
+        lm: dspy.LM,
+        endpoint: LLMEndpoint,
+        dataset: Path,
+        margin: float,
+        review_confidence_below: float,
+        heartbeat_every_s: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._training_sets = training_sets
+        self._lm = lm
+        self._endpoint = endpoint
+        self._dataset = dataset
+        self._margin = margin
+        self._review_confidence_below = review_confidence_below
+        self._heartbeat_every_s = heartbeat_every_s
+
+    async def _heartbeating(self, work: Awaitable[T], phase: str) -> T:
+        task = asyncio.ensure_future(work)
+        started = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self._heartbeat_every_s)
+            if done:
+                return task.result()
+            activity.heartbeat(f"{phase}: {time.monotonic() - started:.0f} s")
+
+    def _split(self, split: str) -> list[LabeledExample]:
+        try:
+            return load_examples(self._dataset, split=split)  # type: ignore[arg-type]
+        except DatasetError as err:
+            raise ApplicationError(str(err), type="DatasetError", non_retryable=True) from None
+
+    @activity.defn(name="collect_failed_decisions")
+    async def collect_failed_decisions(self, data: CollectInput) -> CollectResult:
+        """Failed decisions with a correct assignee whose feedback arrived in the window; others for review."""
+        since = data.since if data.since is not None else await asyncio.to_thread(self._store.last_collected_until)
+        with_feedback = await asyncio.to_thread(self._store.decisions_with_feedback, since=since, until=data.until)
+        failed: list[FailedDecisionRef] = []
+        without_assignee = 0
+        for item in with_feedback:
+            assert item.feedback is not None
+            feedback = item.feedback.feedback
+            if not feedback.is_failure:
+                continue
+            if feedback.correct_assignee_id is None:
+                without_assignee += 1
+                continue
+            failed.append(
+                FailedDecisionRef(
+                    workflow_id=item.record.workflow_id,
+                    run_id=item.record.run_id,
+                    task_id=item.record.task_id,
+                    correct_assignee_id=feedback.correct_assignee_id,
+                )
+            )
+        decided = await asyncio.to_thread(self._store.decisions, since=since, until=data.until)
+        review = [
+            ReviewItem(workflow_id=d.record.workflow_id, task_id=d.record.task_id, reason=reason)
+            for d in decided
+            if d.feedback is None and (reason := _review_reason(d, self._review_confidence_below)) is not None
+        ]
+        try:
+            champion = self._registry.champion()
+        except RegistryError as err:
+            raise ApplicationError(str(err), type="RegistryError", non_retryable=True) from None
+        logger.info(
+            "re-optimization: {} failed decisions with a correct assignee since {}, {} without one, {} for review",
+            len(failed), since or "the beginning", without_assignee, len(review),
+        )
+        return CollectResult(
+            since=since,
+            until=data.until,
+            failed=failed,
+            failed_without_assignee=without_assignee,
+            review=review[:REVIEW_LIMIT],
+            review_total=len(review),
+            champion_version=champion,
+        )
+
+    @activity.defn(name="extend_training_set")
+    async def extend_training_set(self, data: TrainingSetInput) -> TrainingSetResult:
+        """Append the failed decisions, redacted and de-duplicated, as a new training-set version."""
+        items = []
+        for ref in data.failed:
+            records = await asyncio.to_thread(self._store.get, ref.workflow_id)
+            record = next((r for r in records if r.run_id == ref.run_id), None)
+            if record is None:
+                logger.warning("decision {} / {} is gone from the store; skipped", ref.workflow_id, ref.run_id)
+                continue
+            items.append(FailedExample.from_record(record, ref.correct_assignee_id))
+        try:
+            return await asyncio.to_thread(self._training_sets.extend, data.run_key, items)
+        except TrainingSetError as err:
+            raise ApplicationError(str(err), type="TrainingSetError", non_retryable=True) from None
+
+    def _written_for(self, run_key: str) -> int | None:
+        for version in reversed(self._registry.versions()):
+            try:
+                if self._registry.manifest(version).optimizer_params.get("run_key") == run_key:
+                    return version
+            except RegistryError:
+                continue
+        return None
+
+    def _challenger_result(self, version: int, *, reused: bool) -> ChallengerResult:
+        manifest = self._registry.manifest(version)
+        return ChallengerResult(
+            version=version,
+            optimizer=manifest.optimizer,
+            optimizer_params={k: v for k, v in manifest.optimizer_params.items() if isinstance(v, int | float | str)},
+            base_dev_score=manifest.base_dev_score,
+            optimized_dev_score=manifest.optimized_dev_score,
+            reused=reused,
+        )
+
+    @activity.defn(name="optimize_challenger")
+    async def optimize_challenger(self, data: ChallengerInput) -> ChallengerResult:
+        """Optimize with the champion's optimizer settings on the grown training set; write a candidate."""
+        existing = await asyncio.to_thread(self._written_for, data.run_key)
+        if existing is not None:
+            logger.info("challenger version {} was already written for run {}", existing, data.run_key)
+            return self._challenger_result(existing, reused=True)
+        optimizer, max_demos, seed = DEFAULT_OPTIMIZER
+        if data.champion_version is not None:
+            manifest = self._registry.manifest(data.champion_version)
+            optimizer = manifest.optimizer
+            max_demos = int(manifest.optimizer_params.get("max_demos", max_demos))
+            seed = int(manifest.optimizer_params.get("seed", seed))
+        train = await asyncio.to_thread(self._training_sets.load, data.training_set.version)
+        dev = self._split("dev")
+        try:
+            result = await self._heartbeating(
+                asyncio.to_thread(
+                    optimize,
+                    registry=self._registry,
+                    lm=self._lm,
+                    endpoint=self._endpoint,
+                    train=train,
+                    dev=dev,
+                    optimizer=optimizer,
+                    max_demos=max_demos,
+                    seed=seed,
+                    console=Console(quiet=True),
+                    extra_params={"run_key": data.run_key, "training_set_version": data.training_set.version},
+                    status_reason=f"challenger of re-optimization run {data.run_key}",
+                ),
+                f"optimizing with {optimizer} on {len(train)} examples",
+            )
+        except OptimizationError as err:
+            raise ApplicationError(str(err), type="OptimizationError", non_retryable=True) from None
+        return self._challenger_result(result.manifest.version, reused=False)
+
+    async def _scores(self, program: LoadedProgram, dev: list[LabeledExample], test: list[LabeledExample]) -> Scores:
+        decider = DSPyDecider(self._lm, self._endpoint, program)
+        reports = []
+        for examples in (dev, test):
+            outcomes = await self._heartbeating(
+                run_decider(decider, examples), f"evaluating {program.version} on {len(examples)} examples"
+            )
+            failed = Counter((o.error or "").split(":", 1)[0] for o in outcomes if o.error)
+            if failed:
+                # The scores carry only rates; say what failed (error types only, never task text).
+                logger.warning("{} on {} examples: {} errors {}", program.version, len(examples), sum(failed.values()),
+                               dict(failed))
+            reports.append(summarize(outcomes, variant="dspy", program_version=program.version, model=self._endpoint.model))
+        return Scores(
+            version=program.version,
+            dev_accuracy=reports[0].accuracy,
+            dev_error_rate=reports[0].error_rate,
+            test_accuracy=reports[1].accuracy,
+            test_error_rate=reports[1].error_rate,
+            dev_n=reports[0].n,
+            test_n=reports[1].n,
+        )
+
+    @activity.defn(name="evaluate_programs")
+    async def evaluate_programs(self, data: EvaluateInput) -> EvaluateResult:
+        """Challenger and champion on the same dev and test examples, through the serving decider."""
+        dev, test = self._split("dev"), self._split("test")
+        try:
+            challenger = self._registry.load(data.challenger_version)
+            champion = (
+                self._registry.load(data.champion_version)
+                if data.champion_version is not None
+                else load_program(None)
+            )
+        except RegistryError as err:
+            raise ApplicationError(str(err), type="RegistryError", non_retryable=True) from None
+        return EvaluateResult(
+            challenger=await self._scores(challenger, dev, test),
+            champion=await self._scores(champion, dev, test),
+        )
+
+    @activity.defn(name="decide_promotion")
+    async def decide_promotion(self, data: PromotionInput) -> PromotionResult:
+        """Promote the challenger or record it as rejected, with the reason either way."""
+        margin = data.margin if data.margin is not None else self._margin
+        manifest = self._registry.manifest(data.challenger_version)
+        if manifest.status in ("champion", "rejected"):  # a retry after the change was made
+            return PromotionResult(
+                promoted=manifest.status == "champion",
+                reason=manifest.status_reason,
+                margin=margin,
+                champion_version=self._registry.champion(),
+            )
+        promoted, reason = promotion_verdict(data.scores, margin)
+        current = self._registry.champion()
+        if promoted and current != data.champion_version:
+            promoted = False
+            reason = f"the champion changed from {data.champion_version} to {current} during the run; not replacing it"
+        if promoted:
+            self._registry.promote(data.challenger_version, reason=reason)
+        else:
+            self._registry.set_status(data.challenger_version, "rejected", reason)
+        logger.info("challenger version {} {}: {}", data.challenger_version, "promoted" if promoted else "rejected", reason)
+        return PromotionResult(
+            promoted=promoted, reason=reason, margin=margin, champion_version=self._registry.champion()
+        )
+
+    @activity.defn(name="finish_reoptimization")
+    async def finish_reoptimization(self, data: FinishInput) -> FinishResult:
+        """Remember the run, so the next one collects feedback from where this one stopped."""
+        from datetime import UTC, datetime
+
+        report = data.report
+        stored = await asyncio.to_thread(
+            self._store.record_reoptimization, report.run_key, report.until, report.model_dump_json(), datetime.now(UTC)
+        )
+        return FinishResult(stored=stored)
+

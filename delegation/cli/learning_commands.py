@@ -1,0 +1,342 @@
+"""`delegation data | evaluate | compare | optimize | artifacts`: the dataset, evaluation and the registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from delegation.core.settings import Settings, get_settings
+from delegation.learning.dataset import DEFAULT_DATASET, DatasetError, check_files, load_examples
+
+console = Console()
+err_console = Console(stderr=True)
+
+data_app = typer.Typer(help="The labeled dataset.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="Versioned DSPy programs and the champion.", no_args_is_help=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+@data_app.command("check")
+def data_check(paths: Annotated[list[Path] | None, typer.Argument(help="JSONL files (default: the bundled set).")] = None) -> None:
+    """Reject malformed lines, unknown or out-of-list labels, duplicate ids and text shared across splits."""
+    files = paths or [DEFAULT_DATASET]
+    examples, problems = check_files(files)
+    for problem in problems:
+        err_console.print(problem)
+    counts = {s: sum(e.split == s for e in examples) for s in ("train", "dev", "test")}
+    console.print(f"{len(examples)} valid examples ({counts['train']} train, {counts['dev']} dev, {counts['test']} test) "
+                  f"in {len(files)} file(s); {len(problems)} problem(s)")
+    if problems:
+        raise typer.Exit(1)
+
+
+@data_app.command("split")
+def data_split(
+    source: Annotated[Path, typer.Argument(help="JSONL file to split.")] = DEFAULT_DATASET,
+    out_dir: Annotated[Path | None, typer.Option(help="Folder for train/dev/test.jsonl (default: next to SOURCE).")] = None,
+) -> None:
+    """Write SOURCE's train, dev and test splits as their own files (the split is the stable id hash)."""
+    from delegation.store.files import atomic_write_text
+    from delegation.learning.dataset import DatasetError, load_examples, split_files_text
+
+    try:
+        examples = load_examples(source)
+    except DatasetError as err:
+        err_console.print(str(err))
+        raise typer.Exit(1) from None
+    folder = out_dir or source.parent
+    for split, text in split_files_text(examples).items():
+        path = folder / f"{split}.jsonl"
+        atomic_write_text(path, text)
+        console.print(f"wrote {path} ({text.count(chr(10))} examples)")
+
+
+# ---- deciders for evaluation -----------------------------------------------------------------
+
+
+def _ensure_endpoint(settings: Settings) -> None:
+    """Start the embedded LLM when it is the endpoint and is not running."""
+    from delegation.deciders.endpoint import resolve_endpoint
+    from delegation.devstack.stack import Stack, StackError
+
+    if resolve_endpoint(settings).embedded:
+        try:
+            with console.status("starting the embedded LLM"):
+                Stack(settings).start_llm()
+        except StackError as err:
+            _fail(str(err))
+
+
+def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no-untyped-def]
+    from delegation.deciders.dspy_decider import DSPyDecider, LoadedProgram
+    from delegation.deciders.dspy_program import DelegationDecider
+    from delegation.deciders.instructor_decider import InstructorDecider
+    from delegation.deciders.endpoint import build_async_openai, build_dspy_lm, resolve_endpoint
+    from delegation.learning.registry import ArtifactRegistry, RegistryError
+
+    endpoint = resolve_endpoint(settings)
+    if variant == "instructor":
+        return InstructorDecider(build_async_openai(endpoint), endpoint)
+    if variant != "dspy":
+        _fail(f"--variant must be instructor or dspy, not {variant!r}", 2)
+    registry = ArtifactRegistry(settings.artifact_dir)
+    if version == "base":
+        source = LoadedProgram(DelegationDecider(), "dspy-base")
+    else:
+        try:
+            number = registry.champion() if version == "champion" else int(version)
+        except ValueError:
+            _fail(f"--version must be a number, champion or base, not {version!r}", 2)
+        if number is None:
+            _fail("there is no champion yet; use --version base or a number")
+        try:
+            source = registry.load(number)  # type: ignore[arg-type]
+        except RegistryError as err:
+            _fail(str(err))
+    return DSPyDecider(build_dspy_lm(endpoint), endpoint, source)
+
+
+def _run(decider, examples, label: str):  # type: ignore[no-untyped-def]
+    from delegation.learning.evaluation import run_with_progress
+
+    return run_with_progress(decider, examples, console, label)
+
+
+def _load(dataset: Path, split: str | None, limit: int | None):  # type: ignore[no-untyped-def]
+    try:
+        examples = load_examples(dataset, split=split)  # type: ignore[arg-type]
+    except DatasetError as err:
+        _fail(str(err), 2)
+    return examples[:limit] if limit else examples
+
+
+def _report_table(report) -> Table:  # type: ignore[no-untyped-def]
+    table = Table("metric", "value", title=f"{report.variant} {report.program_version} on {report.n} examples")
+    table.add_row("accuracy", f"{report.accuracy:.1%}")
+    table.add_row("should-delegate accuracy", f"{report.should_delegate_accuracy:.1%}")
+    table.add_row("error rate", f"{report.error_rate:.1%}")
+    table.add_row("avg confidence", "-" if report.avg_confidence is None else f"{report.avg_confidence:.2f}")
+    table.add_row("Brier score", "-" if report.brier_score is None else f"{report.brier_score:.3f}")
+    table.add_row("p50 latency", "-" if report.p50_latency_ms is None else f"{report.p50_latency_ms:.0f} ms")
+    table.add_row("p95 latency", "-" if report.p95_latency_ms is None else f"{report.p95_latency_ms:.0f} ms")
+    return table
+
+
+def _per_assignee_table(report) -> Table:  # type: ignore[no-untyped-def]
+    table = Table("assignee", "precision", "recall", "support", title="Per assignee")
+    for name, scores in report.per_assignee.items():
+        table.add_row(
+            name,
+            "-" if scores.precision is None else f"{scores.precision:.2f}",
+            "-" if scores.recall is None else f"{scores.recall:.2f}",
+            str(scores.support),
+        )
+    return table
+
+
+def _confusion_table(report) -> Table:  # type: ignore[no-untyped-def]
+    predicted = sorted({p for row in report.confusion.values() for p in row})
+    table = Table("label \\ predicted", *predicted, title="Confusion")
+    for label, row in report.confusion.items():
+        table.add_row(label, *(str(row.get(p, "")) for p in predicted))
+    return table
+
+
+def evaluate_command(
+    dataset: Annotated[Path, typer.Option(help="JSONL examples.")] = DEFAULT_DATASET,
+    variant: Annotated[str, typer.Option(help="instructor or dspy.")] = "dspy",
+    version: Annotated[str, typer.Option(help="DSPy program: a version number, champion or base.")] = "champion",
+    split: Annotated[str | None, typer.Option(help="Only this split (train, dev, test).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first K examples.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the metrics.")] = False,
+) -> None:
+    """Run a decider on labeled examples and report accuracy, calibration and latency."""
+    from delegation.learning.evaluation import summarize
+
+    settings = get_settings()
+    examples = _load(dataset, split, limit)
+    _ensure_endpoint(settings)
+    decider = _decider(settings, variant, version)
+    outcomes = _run(decider, examples, f"{variant} on {len(examples)} examples")
+    report = summarize(outcomes, variant=variant, program_version=decider.program_version, model=decider.model)
+    console.print(_report_table(report))
+    console.print(_per_assignee_table(report))
+    console.print(_confusion_table(report))
+    if as_json:
+        print(report.model_dump_json())
+
+
+def compare_command(
+    dataset: Annotated[Path, typer.Option(help="JSONL examples.")] = DEFAULT_DATASET,
+    split: Annotated[str | None, typer.Option(help="Only this split (train, dev, test).")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Only the first K examples.")] = None,
+    version: Annotated[str, typer.Option(help="DSPy program: a version number, champion or base.")] = "champion",
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of both reports.")] = False,
+) -> None:
+    """Instructor against the DSPy champion on the same examples: the rollout plan's table and McNemar's test."""
+    from delegation.learning.evaluation import mcnemar_test, summarize
+
+    settings = get_settings()
+    examples = _load(dataset, split, limit)
+    _ensure_endpoint(settings)
+    reports, outcomes = {}, {}
+    for variant in ("instructor", "dspy"):
+        decider = _decider(settings, variant, version)
+        outcomes[variant] = _run(decider, examples, f"{variant} on {len(examples)} examples")
+        reports[variant] = summarize(
+            outcomes[variant], variant=variant, program_version=decider.program_version, model=decider.model
+        )
+    inst, dsp = reports["instructor"], reports["dspy"]
+    table = Table("Metric", f"Instructor ({inst.program_version})", f"DSPy ({dsp.program_version})", "Target",
+                  title=f"Comparison on {len(examples)} examples")
+
+    def mark(ok: bool) -> str:
+        return "[green]✓[/]" if ok else "[red]✗[/]"
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v / 1000:.2f}s"
+
+    table.add_row("Accuracy", f"{inst.accuracy:.1%} {mark(inst.accuracy > 0.88)}",
+                  f"{dsp.accuracy:.1%} {mark(dsp.accuracy > 0.88)}", ">88%")
+    table.add_row("Avg Confidence",
+                  f"{inst.avg_confidence or 0:.2f} {mark((inst.avg_confidence or 0) > 0.80)}",
+                  f"{dsp.avg_confidence or 0:.2f} {mark((dsp.avg_confidence or 0) > 0.80)}", ">0.80")
+    table.add_row("Latency (p50)", f"{ms(inst.p50_latency_ms)} {mark((inst.p50_latency_ms or 1e9) < 2000)}",
+                  f"{ms(dsp.p50_latency_ms)} {mark((dsp.p50_latency_ms or 1e9) < 2000)}", "<2s")
+    table.add_row("Error Rate", f"{inst.error_rate:.1%} {mark(inst.error_rate < 0.02)}",
+                  f"{dsp.error_rate:.1%} {mark(dsp.error_rate < 0.02)}", "<2%")
+    table.add_row("Brier score", f"{inst.brier_score or 0:.3f}", f"{dsp.brier_score or 0:.3f}", "lower is better")
+    console.print(table)
+    test = mcnemar_test(outcomes["dspy"], outcomes["instructor"])
+    console.print(
+        f"McNemar (exact): only DSPy right {test.only_a_right}, only Instructor right {test.only_b_right}, "
+        f"p = {test.p_value:.3f}" + (" (significant at 0.05)" if test.p_value < 0.05 else " (not significant at 0.05)")
+    )
+    if as_json:
+        print(json.dumps({"instructor": inst.model_dump(), "dspy": dsp.model_dump(), "mcnemar": test.model_dump()}))
+
+
+def optimize_command(
+    optimizer: Annotated[str, typer.Option(help="bootstrap, labeled, random-search or mipro.")] = "bootstrap",
+    max_demos: Annotated[int, typer.Option(help="Most demos in the compiled prompt.")] = 8,
+    train: Annotated[Path, typer.Option(help="JSONL file; its train split is used.")] = DEFAULT_DATASET,
+    dev: Annotated[Path, typer.Option(help="JSONL file; its dev split is used.")] = DEFAULT_DATASET,
+    seed: Annotated[int, typer.Option(help="Shuffles the train examples; same inputs + seed = same program.")] = 7,
+    artifact_dir: Annotated[
+        Path | None, typer.Option(help="Registry folder to write the version to (default ARTIFACT_DIR; delegation/learning/artifacts ships it).")
+    ] = None,
+    initial_status: Annotated[
+        str, typer.Option(help="candidate, or champion when shipping the first version with the code.")
+    ] = "candidate",
+) -> None:
+    """Compile DelegationDecider, compare it with the base module on dev, and save a new candidate version."""
+    from delegation.deciders.endpoint import build_dspy_lm, resolve_endpoint
+    from delegation.learning.optimizer import OPTIMIZERS, OptimizationError, optimize
+    from delegation.learning.registry import ArtifactRegistry, RegistryError
+
+    if optimizer not in OPTIMIZERS:
+        _fail(f"--optimizer must be one of {OPTIMIZERS}, not {optimizer!r}", 2)
+    if not 1 <= max_demos <= 32:
+        _fail("--max-demos must be between 1 and 32", 2)
+    settings = get_settings()
+    train_examples = _load(train, "train", None)
+    dev_examples = _load(dev, "dev", None)
+    _ensure_endpoint(settings)
+    endpoint = resolve_endpoint(settings)
+    from delegation.learning.registry import BUILTIN_DIR
+
+    # --artifact-dir is a registry of its own, except delegation/learning/artifacts: the versions shipped with the code.
+    shipping = artifact_dir is not None and artifact_dir.resolve() == BUILTIN_DIR.resolve()
+    registry = ArtifactRegistry(settings.artifact_dir if shipping or artifact_dir is None else artifact_dir)
+    try:
+        result = optimize(
+            registry=registry, lm=build_dspy_lm(endpoint), endpoint=endpoint, train=train_examples,
+            dev=dev_examples, optimizer=optimizer, max_demos=max_demos, seed=seed, console=console,
+            artifact_directory=BUILTIN_DIR if shipping else None, initial_status=initial_status,
+        )
+    except (OptimizationError, RegistryError) as err:
+        _fail(f"{err}; nothing was written")
+        return
+    print(f"Base module score: {result.base.accuracy:.2f}")
+    print(f"Optimized module score: {result.optimized.accuracy:.2f}")
+    print(f"Improvement: {result.improvement:+.1f}%")
+    print(f"Saved to: {result.path}")
+
+
+# ---- artifacts -------------------------------------------------------------------------------
+
+
+def _registry():  # type: ignore[no-untyped-def]
+    from delegation.learning.registry import ArtifactRegistry
+
+    return ArtifactRegistry(get_settings().artifact_dir)
+
+
+@artifacts_app.command("list")
+def artifacts_list() -> None:
+    """Every version with its scores and status; the champion is marked."""
+    from delegation.learning.registry import RegistryError
+
+    registry = _registry()
+    champion = registry.champion()
+    table = Table("version", "status", "optimizer", "base dev", "optimized dev", "created", "reason")
+    for version in registry.versions():
+        try:
+            m = registry.manifest(version)
+        except RegistryError as err:
+            table.add_row(str(version), "[red]invalid[/]", "", "", "", "", str(err))
+            continue
+        table.add_row(
+            f"{version}{' *' if version == champion else ''}", m.status, m.optimizer, f"{m.base_dev_score:.2f}",
+            f"{m.optimized_dev_score:.2f}", m.created_at.strftime("%Y-%m-%d %H:%M"), m.status_reason,
+        )
+    console.print(table)
+    console.print(f"champion: {champion if champion is not None else 'none (the base module serves)'}")
+
+
+@artifacts_app.command("show")
+def artifacts_show(version: int) -> None:
+    """The manifest of one version."""
+    from delegation.learning.registry import RegistryError
+
+    try:
+        print(_registry().manifest(version).model_dump_json(indent=2))
+    except RegistryError as err:
+        _fail(str(err))
+
+
+@artifacts_app.command("promote")
+def artifacts_promote(version: int, reason: Annotated[str, typer.Option()] = "promoted by operator") -> None:
+    """Make a verified version the champion; running workers switch on their next decision."""
+    from delegation.learning.registry import RegistryError
+
+    try:
+        _registry().promote(version, reason)
+    except RegistryError as err:
+        _fail(str(err))
+    console.print(f"version {version} is the champion")
+
+
+@artifacts_app.command("rollback")
+def artifacts_rollback(reason: Annotated[str, typer.Option()] = "rolled back by operator") -> None:
+    """Make the previous champion current again."""
+    from delegation.learning.registry import RegistryError
+
+    try:
+        restored = _registry().rollback(reason)
+    except RegistryError as err:
+        _fail(str(err))
+        return
+    console.print(f"version {restored} is the champion again")

@@ -1,0 +1,143 @@
+"""``delegation rollout status | set PCT | rollback [--disable]``: move DSPy's share, audited."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from delegation.rollout.flags import FlagsFileError, flags_file_updated_at, get_feature_flags
+from delegation.core.models import describe_validation_error
+from delegation.rollout.control import AuditEntry, RolloutControl, check_guardrail, operator_name
+from delegation.core.settings import get_settings
+
+rollout_app = typer.Typer(help="Move the DSPy rollout (0 → 10 → 25 → 50 → 100 %) and roll it back.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+# How many recent decisions the live split is measured on.
+LIVE_SPLIT_WINDOW = 200
+
+
+def rollout_control() -> RolloutControl:
+    """The live flags of this environment, with its audit log."""
+    settings = get_settings()
+    return RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
+
+
+def apply_change(change: Callable[[RolloutControl], AuditEntry]) -> AuditEntry:
+    """Make an audited flag change; a refused value exits 2 naming it, file and audit log unchanged."""
+    try:
+        return change(rollout_control())
+    except (ValidationError, FlagsFileError) as err:
+        message = describe_validation_error(err, model_name="flags") if isinstance(err, ValidationError) else str(err)
+        err_console.print(f"[bold red]error:[/] {message}; the flags file was not changed")
+        raise typer.Exit(2) from None
+
+
+def _print_change(entry: AuditEntry) -> None:
+    before, after = entry.before, entry.after
+    console.print(
+        f"{entry.action}: DSPy {before['DSPY_ROLLOUT_PERCENTAGE']} % → {after['DSPY_ROLLOUT_PERCENTAGE']} %, "
+        f"USE_DSPY_DELEGATION {before['USE_DSPY_DELEGATION']} → {after['USE_DSPY_DELEGATION']} "
+        f"(by {entry.who}, {entry.at:%Y-%m-%d %H:%M:%S} UTC; running workers apply it on their next decision)"
+    )
+
+
+@rollout_app.command("set")
+def rollout_set(
+    percentage: Annotated[int, typer.Argument(help="Share of routing keys on DSPy, 0-100.")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+) -> None:
+    """Move DSPy to PCT % of routing keys (turns USE_DSPY_DELEGATION on when PCT > 0)."""
+    _print_change(apply_change(lambda control: control.set_percentage(percentage, who=operator_name(), reason=reason)))
+
+
+@rollout_app.command("rollback")
+def rollout_rollback(
+    disable: Annotated[bool, typer.Option("--disable", help="Also turn USE_DSPY_DELEGATION off.")] = False,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+) -> None:
+    """Send every new decision to Instructor now: DSPy 0 %."""
+    _print_change(apply_change(lambda control: control.rollback(disable=disable, who=operator_name(), reason=reason)))
+
+
+@rollout_app.command("status")
+def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """The flags in force, the champion version, the live split, the guardrail and recent changes."""
+    from delegation.store.decisions import DecisionStore
+    from delegation.learning.registry import ArtifactRegistry, RegistryError
+
+    settings = get_settings()
+    control = rollout_control()
+    reading = control.provider.read()
+    flags = reading.flags
+    try:
+        champion: int | None | str = ArtifactRegistry(settings.artifact_dir).champion()
+    except (RegistryError, OSError, ValueError) as err:
+        champion = f"unreadable ({err})"
+    store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
+    recent = store.recent_decisions(LIVE_SPLIT_WINDOW)
+    on_dspy = sum(r.assigned_variant == "dspy" for r in recent)
+    expected = sum(r.rollout_percentage for r in recent) / len(recent) if recent else None
+    limits = settings.guardrail_limits()
+    since = flags_file_updated_at(settings.flags_file)
+    verdict = check_guardrail(store.recent_decisions(limits.window, assigned_variant="dspy", since=since), limits)
+    trip = control.last_guardrail_trip()
+    status = {
+        "environment": settings.app_env,
+        "flags": flags.as_env(),
+        "flags_file": str(settings.flags_file),
+        "flags_error": reading.error,
+        "champion_version": champion,
+        "live_split": {
+            "decisions": len(recent),
+            "dspy": on_dspy,
+            "dspy_share": on_dspy / len(recent) if recent else None,
+            "expected_share": expected / 100 if expected is not None else None,
+        },
+        "guardrail": {
+            "enabled": flags.dspy_guardrail_enabled,
+            "limits": limits.model_dump(),
+            "now": verdict.model_dump(),
+            "last_trip": trip.model_dump(mode="json") if trip else None,
+        },
+        "recent_changes": [e.model_dump(mode="json") for e in control.history(limit=5)],
+    }
+    if as_json:
+        print(json.dumps(status, default=str))
+        return
+    table = Table("", "", title=f"Rollout ({settings.app_env})")
+    table.add_row("USE_DSPY_DELEGATION", str(flags.use_dspy_delegation))
+    table.add_row("DSPY_ROLLOUT_PERCENTAGE", f"{flags.dspy_rollout_percentage} %")
+    table.add_row("DSPY champion version", str(champion))
+    if recent:
+        table.add_row(
+            f"live split (last {len(recent)} decisions)",
+            f"{on_dspy / len(recent):.1%} assigned to DSPy (flags in force then: {expected:.1f} % on average)",
+        )
+    else:
+        table.add_row("live split", "no decisions recorded yet")
+    table.add_row("guardrail", "on" if flags.dspy_guardrail_enabled else "off (`delegation flags set --guardrail true`)")
+    table.add_row("guardrail reading", verdict.reason)
+    if trip:
+        table.add_row("[bold red]rolled back by the guardrail[/]", f"{trip.at:%Y-%m-%d %H:%M:%S} UTC: {trip.reason}")
+    console.print(table)
+    if reading.error:
+        err_console.print(f"[bold red]flags rejected:[/] {reading.error}; the values above are the last good flags")
+    history = control.history(limit=5)
+    if history:
+        changes = Table("when (UTC)", "who", "action", "from", "to", "reason", title="Recent rollout changes")
+        for entry in history:
+            changes.add_row(
+                f"{entry.at:%Y-%m-%d %H:%M:%S}", entry.who, entry.action,
+                f"{entry.before['USE_DSPY_DELEGATION']}/{entry.before['DSPY_ROLLOUT_PERCENTAGE']}%",
+                f"{entry.after['USE_DSPY_DELEGATION']}/{entry.after['DSPY_ROLLOUT_PERCENTAGE']}%",
+                entry.reason,
+            )
+        console.print(changes)

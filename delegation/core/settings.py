@@ -1,0 +1,130 @@
+"""Service settings, read from the environment and an env file (pydantic-settings).
+
+The env file is ``.env``, or ``.env.staging`` when ``APP_ENV=staging``; real
+environment variables win over it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from delegation.rollout.control import GuardrailLimits
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def env_file_for(app_env: str | None = None) -> Path:
+    """The env file for an environment name: ``.env.<name>`` for staging, ``.env`` otherwise."""
+    name = (app_env if app_env is not None else os.environ.get("APP_ENV", "")).strip().lower()
+    if name and name not in ("dev", "development", "local"):
+        return PROJECT_ROOT / f".env.{name}"
+    return PROJECT_ROOT / ".env"
+
+
+class Settings(BaseSettings):
+    """Process-level settings: endpoints, paths and timeouts. Feature flags live in ``delegation.rollout.flags``."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8")
+
+    app_env: str = Field(default="dev", alias="APP_ENV")
+    data_dir: Path = Field(default=PROJECT_ROOT / "data", alias="DATA_DIR")
+    log_dir: Path = Field(default=PROJECT_ROOT / "logs", alias="LOG_DIR")
+
+    temporal_address: str = Field(default="localhost:7233", alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field(default="delegation", alias="TEMPORAL_TASK_QUEUE")
+    temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
+    bind_host: str = Field(default="127.0.0.1", alias="BIND_HOST")
+
+    llm_base_url: str | None = Field(default=None, alias="LLM_BASE_URL")
+    llm_api_key: SecretStr | None = Field(default=None, alias="LLM_API_KEY")
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    llm_model: str | None = Field(default=None, alias="LLM_MODEL")
+    llm_timeout_s: float = Field(default=60.0, gt=0, le=600, alias="LLM_TIMEOUT_S")
+    llm_max_tokens: int = Field(default=256, ge=16, le=4096, alias="LLM_MAX_TOKENS")
+
+    local_llm_model_path: Path | None = Field(default=None, alias="LOCAL_LLM_MODEL_PATH")
+    local_llm_port: int = Field(default=8089, alias="LOCAL_LLM_PORT")
+    local_llm_threads: int = Field(default=2, ge=1, le=256, alias="LOCAL_LLM_THREADS")
+    local_llm_ctx: int = Field(default=8192, ge=512, alias="LOCAL_LLM_CTX")
+    local_llm_parallel: int = Field(default=1, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
+
+    dspy_program_path: Path | None = Field(default=None, alias="DSPY_PROGRAM_PATH")
+    artifact_dir_override: Path | None = Field(default=None, alias="ARTIFACT_DIR")
+    llm_max_concurrency: int | None = Field(default=None, ge=1, le=1000, alias="LLM_MAX_CONCURRENCY")
+    decider_activity: Literal["auto", "local", "remote"] = Field(default="auto", alias="DECIDER_ACTIVITY")
+    llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+
+    guardrail_window: int = Field(default=50, ge=1, le=10_000, alias="GUARDRAIL_WINDOW")
+    guardrail_min_decisions: int = Field(default=20, ge=1, le=10_000, alias="GUARDRAIL_MIN_DECISIONS")
+    guardrail_max_error_rate: float = Field(default=0.02, ge=0, le=1, alias="GUARDRAIL_MAX_ERROR_RATE")
+    guardrail_max_p95_latency_ms: float = Field(default=2000.0, gt=0, alias="GUARDRAIL_MAX_P95_LATENCY_MS")
+
+    reoptimize_margin: float = Field(default=0.02, ge=0, le=1, alias="REOPTIMIZE_MARGIN")
+    review_confidence_below: float = Field(default=0.5, ge=0, le=1, alias="REVIEW_CONFIDENCE_BELOW")
+    reoptimization_task_queue: str = Field(default="delegation-reoptimization", alias="REOPTIMIZATION_TASK_QUEUE")
+
+    feature_flags_file: Path | None = Field(default=None, alias="FEATURE_FLAGS_FILE")
+    decision_log_file: Path | None = Field(default=None, alias="DECISION_LOG_FILE")
+    decision_db_file: Path | None = Field(default=None, alias="DECISION_DB_FILE")
+
+    @property
+    def flags_file(self) -> Path:
+        """The live flags file written by the rollout commands; staging keeps its own."""
+        return self.feature_flags_file or self.data_dir / f"feature_flags{self._env_suffix}.json"
+
+    @property
+    def rollout_audit_path(self) -> Path:
+        """Who moved the rollout, when, from what to what (JSON lines); one per environment."""
+        return self.log_dir / f"rollout_audit{self._env_suffix}.jsonl"
+
+    @property
+    def _env_suffix(self) -> str:
+        name = self.app_env.strip().lower()
+        return "" if name in ("", "dev", "development", "local") else f".{name}"
+
+    def guardrail_limits(self) -> GuardrailLimits:
+        """The automatic rollback's thresholds."""
+        from delegation.rollout.control import GuardrailLimits
+
+        return GuardrailLimits(
+            window=self.guardrail_window,
+            min_decisions=self.guardrail_min_decisions,
+            max_error_rate=self.guardrail_max_error_rate,
+            max_p95_latency_ms=self.guardrail_max_p95_latency_ms,
+        )
+
+    @property
+    def decision_log_path(self) -> Path:
+        return self.decision_log_file or self.log_dir / f"delegation_decisions{self._env_suffix}.log"
+
+    @property
+    def decision_db_path(self) -> Path:
+        # Per environment, so staging's decisions never count in dev's report or guardrail.
+        return self.decision_db_file or self.data_dir / f"decisions{self._env_suffix}.sqlite3"
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where run-time program versions and the champion pointer live (never the git tree)."""
+        return self.artifact_dir_override or self.data_dir / "artifacts"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of the background stack."""
+        return self.data_dir / "run"
+
+
+def get_settings() -> Settings:
+    """Read the settings now (environment over the env file for ``APP_ENV``)."""
+    return Settings(_env_file=env_file_for())  # type: ignore[call-arg]

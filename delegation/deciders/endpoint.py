@@ -1,0 +1,111 @@
+"""The one OpenAI-compatible endpoint both deciders talk to, and the clients built for it.
+
+Resolution: ``LLM_BASE_URL`` (any OpenAI-compatible server) wins; else an OpenAI key
+(``LLM_API_KEY`` or ``OPENAI_API_KEY``) means OpenAI; else the embedded llama.cpp server.
+Transport retries belong to Temporal, so every client here is built with retries off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
+from delegation.core.settings import Settings
+from delegation.devstack.model_file import MODEL_NAME
+
+if TYPE_CHECKING:
+    import dspy
+    from openai import AsyncOpenAI
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
+# llama.cpp ignores the key unless started with one; the OpenAI client insists on a value.
+_NO_KEY = SecretStr("not-needed")
+
+
+@dataclass(frozen=True)
+class LLMEndpoint:
+    """Where the deciders send requests. ``api_key`` is a SecretStr so it never prints."""
+
+    base_url: str
+    api_key: SecretStr
+    model: str
+    timeout_s: float
+    max_tokens: int
+    embedded: bool
+
+    @property
+    def provider(self) -> str:
+        return "embedded" if self.embedded else ("openai" if self.base_url == OPENAI_BASE_URL else "custom")
+
+    def redact(self, text: str) -> str:
+        """Remove the API key from a text (an error message, say) before it is logged or stored."""
+        secret = self.api_key.get_secret_value()
+        if secret and secret != _NO_KEY.get_secret_value() and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+
+def embedded_base_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.local_llm_port}/v1"
+
+
+def resolve_endpoint(settings: Settings) -> LLMEndpoint:
+    """Pick the endpoint from the settings (see the module docstring for the order)."""
+    key = settings.llm_api_key or settings.openai_api_key
+    if settings.llm_base_url:
+        return LLMEndpoint(
+            base_url=settings.llm_base_url.rstrip("/"),
+            api_key=key or _NO_KEY,
+            model=settings.llm_model or MODEL_NAME,
+            timeout_s=settings.llm_timeout_s,
+            max_tokens=settings.llm_max_tokens,
+            embedded=False,
+        )
+    if key is not None:
+        return LLMEndpoint(
+            base_url=OPENAI_BASE_URL,
+            api_key=key,
+            model=settings.llm_model or OPENAI_DEFAULT_MODEL,
+            timeout_s=settings.llm_timeout_s,
+            max_tokens=settings.llm_max_tokens,
+            embedded=False,
+        )
+    return LLMEndpoint(
+        base_url=embedded_base_url(settings),
+        api_key=_NO_KEY,
+        model=MODEL_NAME,
+        timeout_s=settings.llm_timeout_s,
+        max_tokens=settings.llm_max_tokens,
+        embedded=True,
+    )
+
+
+def build_async_openai(endpoint: LLMEndpoint) -> AsyncOpenAI:
+    """An AsyncOpenAI client with retries off (Temporal retries) and the endpoint's timeout."""
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(
+        base_url=endpoint.base_url,
+        api_key=endpoint.api_key.get_secret_value(),
+        timeout=endpoint.timeout_s,
+        max_retries=0,
+    )
+
+
+def build_dspy_lm(endpoint: LLMEndpoint) -> dspy.LM:
+    """A ``dspy.LM`` for serving: no retries, no disk cache, deterministic sampling."""
+    import dspy
+
+    return dspy.LM(
+        model=f"openai/{endpoint.model}",
+        api_base=endpoint.base_url,
+        api_key=endpoint.api_key.get_secret_value(),
+        num_retries=0,
+        cache=False,
+        timeout=endpoint.timeout_s,
+        temperature=0.0,
+        max_tokens=endpoint.max_tokens,
+    )

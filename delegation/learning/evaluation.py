@@ -1,0 +1,197 @@
+"""Running a decider over labeled examples, and the metrics the rollout plan asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from delegation.core.models import SELF_ID
+from delegation.learning.dataset import LabeledExample
+from delegation.deciders.protocol import Decider
+
+
+class Outcome(BaseModel):
+    """What a decider did with one example. An error counts as a wrong answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    example_id: str
+    label: str
+    predicted: str | None
+    confidence: float | None
+    latency_ms: float
+    error: str | None = None
+
+    @property
+    def correct(self) -> bool:
+        return self.error is None and self.predicted == self.label
+
+
+class AssigneeScores(BaseModel):
+    precision: float | None
+    recall: float | None
+    support: int
+
+
+class EvaluationReport(BaseModel):
+    """Accuracy, calibration and latency of one decider on one set of examples."""
+
+    variant: str
+    program_version: str
+    model: str
+    n: int
+    accuracy: float
+    should_delegate_accuracy: float
+    error_rate: float
+    avg_confidence: float | None
+    brier_score: float | None
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    per_assignee: dict[str, AssigneeScores]
+    confusion: dict[str, dict[str, int]]
+
+
+def exact_match(example: Any, prediction: Any, trace: Any = None) -> float:
+    """The optimization metric: 1 for the exact assignee, 0 otherwise (missing or out-of-list answers included)."""
+    predicted = getattr(prediction, "assignee_id", None)
+    allowed = getattr(example, "candidate_ids", None)
+    if predicted is None or (allowed is not None and predicted not in allowed):
+        return 0.0
+    return float(str(predicted).strip() == example.assignee_id)
+
+
+async def run_decider(
+    decider: Decider,
+    examples: Sequence[LabeledExample],
+    *,
+    concurrency: int = 1,
+    on_done: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Decide every example; failures are recorded as outcomes, never raised."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(example: LabeledExample) -> Outcome:
+        async with slots:
+            started = time.perf_counter()
+            try:
+                decision, latency_ms, _ = await decider.decide(example.to_request())
+                outcome = Outcome(
+                    example_id=example.id,
+                    label=example.label,
+                    predicted=decision.assignee_id,
+                    confidence=decision.confidence,
+                    latency_ms=latency_ms,
+                )
+            except Exception as err:  # an evaluation reports failures, it does not stop on them
+                outcome = Outcome(
+                    example_id=example.id,
+                    label=example.label,
+                    predicted=None,
+                    confidence=None,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    error=f"{type(err).__name__}: {str(err)[:200]}",
+                )
+        if on_done is not None:
+            on_done(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(e) for e in examples)))
+
+
+def run_with_progress(decider: Decider, examples: Sequence[LabeledExample], console: Any, label: str) -> list[Outcome]:
+    """``run_decider`` from synchronous code, with a rich progress bar on ``console``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task(label, total=len(examples))
+        return asyncio.run(run_decider(decider, examples, on_done=lambda _: progress.advance(bar)))
+
+
+def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str, model: str) -> EvaluationReport:
+    """Metrics over outcomes. Confidence, Brier and latency use the answered examples only."""
+    n = len(outcomes)
+    answered = [o for o in outcomes if o.error is None]
+    correct = sum(o.correct for o in outcomes)
+    delegate_right = sum(
+        o.error is None and (o.predicted != SELF_ID) == (o.label != SELF_ID) for o in outcomes
+    )
+    confidences = [o.confidence for o in answered if o.confidence is not None]
+    brier = (
+        float(np.mean([(o.confidence - float(o.correct)) ** 2 for o in answered if o.confidence is not None]))
+        if confidences
+        else None
+    )
+    latencies = [o.latency_ms for o in answered]
+    confusion: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in outcomes:
+        confusion[o.label][o.predicted or "(error)"] += 1
+    labels = sorted({o.label for o in outcomes} | {o.predicted for o in answered if o.predicted})
+    per_assignee = {}
+    for label in labels:
+        true_positive = sum(1 for o in outcomes if o.correct and o.label == label)
+        predicted_as = sum(1 for o in answered if o.predicted == label)
+        support = sum(1 for o in outcomes if o.label == label)
+        per_assignee[label] = AssigneeScores(
+            precision=true_positive / predicted_as if predicted_as else None,
+            recall=true_positive / support if support else None,
+            support=support,
+        )
+    return EvaluationReport(
+        variant=variant,
+        program_version=program_version,
+        model=model,
+        n=n,
+        accuracy=correct / n if n else 0.0,
+        should_delegate_accuracy=delegate_right / n if n else 0.0,
+        error_rate=(n - len(answered)) / n if n else 0.0,
+        avg_confidence=float(np.mean(confidences)) if confidences else None,
+        brier_score=brier,
+        p50_latency_ms=float(np.percentile(latencies, 50)) if latencies else None,
+        p95_latency_ms=float(np.percentile(latencies, 95)) if latencies else None,
+        per_assignee=per_assignee,
+        confusion={label: dict(counts) for label, counts in sorted(confusion.items())},
+    )
+
+
+class McNemarResult(BaseModel):
+    """Paired comparison on the same examples: b = only A right, c = only B right."""
+
+    only_a_right: int
+    only_b_right: int
+    statistic: float
+    p_value: float
+
+
+def mcnemar_test(a: Sequence[Outcome], b: Sequence[Outcome]) -> McNemarResult:
+    """McNemar's exact test on paired correctness (statsmodels)."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    by_id = {o.example_id: o for o in b}
+    both = only_a = only_b = neither = 0
+    for outcome in a:
+        other = by_id[outcome.example_id]
+        if outcome.correct and other.correct:
+            both += 1
+        elif outcome.correct:
+            only_a += 1
+        elif other.correct:
+            only_b += 1
+        else:
+            neither += 1
+    result = mcnemar([[both, only_a], [only_b, neither]], exact=True)
+    return McNemarResult(
+        only_a_right=only_a, only_b_right=only_b, statistic=float(result.statistic), p_value=float(result.pvalue)
+    )

@@ -1,0 +1,456 @@
+"""The versioned, append-only training set grown from failed decisions.
+
+Files under ``<ARTIFACT_DIR>/training_sets``:
+
+- version 0 is implicit: the train split of the shipped dataset (``DEFAULT_DATASET``);
+- ``train_v{N}.jsonl`` (N >= 1): the whole training set of version N, in the dataset format;
+- ``train_v{N}.manifest.json``: its SHA-256, parent version, run key, added ids, counts...
+
+A training set file is **train-only by construction**: every line in it is a training
+example, whatever ``split_of(id)`` says about the id (an ``fb-...`` id may hash to "dev").
+Read it with :meth:`TrainingSetStore.load`, never with ``load_examples(path, split="train")``,
+which would re-split it and silently drop feedback examples. Dev and test stay the shipped
+dataset's splits; new examples never go there, and a new example whose text is already in
+any split is skipped, so nothing the challenger trains on is scored on.
+
+The manifest is the commit marker: the data file is written first, then the manifest is
+created exclusively. A data file without a manifest (a crash between the two) is not a
+version: it is ignored and replaced by the next write. Versions with a manifest are never
+rewritten.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from loguru import logger
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from delegation.store.files import atomic_write_text, write_atomically
+from delegation.core.models import DecisionRecord, DelegationRequest
+from delegation.core.reoptimization import TrainingSetResult
+from delegation.core.team import candidates_for
+from delegation.learning.dataset import (
+    DEFAULT_DATASET,
+    DatasetError,
+    LabeledExample,
+    check_files,
+    load_examples,
+    text_keys,  # the checker's own text key, so what dedup lets in the checker accepts
+)
+
+FEEDBACK_ID_PREFIX = "fb-"
+_DATA_NAME = re.compile(r"^train_v(\d+)\.jsonl$")
+_MANIFEST_NAME = re.compile(r"^train_v(\d+)\.manifest\.json$")
+_TEMP_PREFIX = ".train_v"  # what atomic_write_text and _create_exclusive name their temp files
+
+
+class TrainingSetError(ValueError):
+    """A training set version cannot be used or written; the message names the file."""
+
+
+class FailedExample(NamedTuple):
+    """One failed decision to learn from: where it came from, what was asked, who was right.
+
+    A plain ``(source_id, request, label)`` tuple works as well.
+    """
+
+    source_id: str
+    request: DelegationRequest
+    label: str
+
+    @classmethod
+    def from_record(cls, record: DecisionRecord, correct_assignee_id: str) -> FailedExample:
+        """The example a recorded decision and its feedback's correct assignee make."""
+        return cls(source_id_of(record.workflow_id, record.run_id), record.request, correct_assignee_id)
+
+
+class TrainingSetManifest(BaseModel):
+    """What a training set version holds and how it was made."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(ge=1)
+    sha256: str = Field(description="Of the data file's bytes.")
+    created_at: AwareDatetime
+    parent_version: int = Field(ge=0)
+    run_key: str
+    base_dataset_sha256: str = Field(description="Of the shipped dataset file the version was built on.")
+    train_size: int = Field(ge=0)
+    added: list[str] = Field(description="Ids of the examples this version added, in file order.")
+    duplicates: int = Field(ge=0, description="New examples skipped: text or id already present.")
+    invalid: int = Field(ge=0, description="New examples skipped: label not a candidate, or unusable request.")
+    dropped: list[str] = Field(
+        default_factory=list,
+        description="Feedback examples of the parent left out because the base dataset now holds their text.",
+    )
+    redactions: int = Field(ge=0, description="Emails and phone numbers replaced in the added examples.")
+
+
+def source_id_of(workflow_id: str, run_id: str) -> str:
+    """The identity of one decision: its workflow run."""
+    return f"{workflow_id}:{run_id}"
+
+
+def example_id_for(source_id: str) -> str:
+    """A stable example id for a decision, without exposing the task id: ``fb-<16 hex>``."""
+    return FEEDBACK_ID_PREFIX + hashlib.sha256(source_id.encode()).hexdigest()[:16]
+
+
+# ---- redaction ----------------------------------------------------------------------------------
+
+_EMAIL = re.compile(
+    r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])"
+)
+# Three shapes only, each distinctive enough not to catch amounts ($2,300), dates (2026-11-29),
+# invoice numbers (#4421, INV-2026-0042), versions (v2.3.1), times (14:30) or ranges (100-2000).
+# Bare 7-digit local numbers (555-0132) are left alone: they look too much like ranges and codes.
+_PHONE = re.compile(
+    r"""
+    (?<![\w$€£¥#/.,+-])                      # not the middle of a word, amount, id, decimal or version
+    (?:
+        (?P<intl>\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{1,4}){1,5})  # +44 20 7946 0958
+      | (?P<us>(?:1[ .-]?)?(?:\(\d{3}\)[ ]?|\d{3}[ .-])\d{3}[ .-]\d{4})            # (415) 555-0132
+      | (?P<national>0\d{1,4}(?:[ .-]\d{2,6}){1,4})                                 # 020 7946 0958
+    )
+    (?![\w%$€£¥]|[.,:/-]?\d)                 # not followed by more digits, a unit, or a time's minutes
+    """,
+    re.VERBOSE,
+)
+# Digits a match must hold to count as a phone number (E.164 allows at most 15).
+_PHONE_DIGITS = {"intl": (7, 15), "us": (10, 11), "national": (9, 12)}
+
+
+def redact(text: str) -> tuple[str, int]:
+    """``text`` with email addresses replaced by ``[email]`` and phone numbers by ``[phone]``, and the count."""
+    count = 0
+
+    def _email(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return "[email]"
+
+    def _phone(match: re.Match[str]) -> str:
+        nonlocal count
+        kind = match.lastgroup or "intl"
+        low, high = _PHONE_DIGITS[kind]
+        if not low <= sum(ch.isdigit() for ch in match.group()) <= high:
+            return match.group()  # e.g. 09.11.2026: a date with a leading zero, too few digits
+        count += 1
+        return "[phone]"
+
+    text = _EMAIL.sub(_email, text)  # first: an address may hold digit runs
+    text = _PHONE.sub(_phone, text)
+    return text, count
+
+
+# ---- the store ----------------------------------------------------------------------------------
+
+
+def data_filename(version: int) -> str:
+    return f"train_v{version}.jsonl"
+
+
+def manifest_filename(version: int) -> str:
+    return f"train_v{version}.manifest.json"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _serialize(examples: Sequence[LabeledExample]) -> str:
+    # Dataset format: assignees omitted for the default team; one example per line.
+    return "".join(
+        json.dumps(e.model_dump(mode="json", exclude_none=True), ensure_ascii=False) + "\n" for e in examples
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    # So the data file's rename is on disk before the manifest that commits it.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all, and fail with FileExistsError rather than replace it."""
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")), exclusive=True)
+
+
+class TrainingSetStore:
+    """Reads, verifies and extends the training set versions in ``directory``."""
+
+    def __init__(self, directory: Path, base_dataset: Path = DEFAULT_DATASET) -> None:
+        self.directory = directory
+        self.base_dataset = base_dataset
+        self._lock = threading.Lock()
+
+    # ---- reading --------------------------------------------------------------------------------
+
+    def manifests(self) -> dict[int, TrainingSetManifest]:
+        """Every committed version (one with a manifest) and its manifest."""
+        found: dict[int, TrainingSetManifest] = {}
+        if not self.directory.is_dir():
+            return found
+        for path in self.directory.iterdir():
+            match = _MANIFEST_NAME.match(path.name)
+            if match is None:
+                continue
+            version = int(match.group(1))
+            try:
+                manifest = TrainingSetManifest.model_validate_json(path.read_text(encoding="utf-8"))
+            except (ValidationError, OSError) as err:
+                raise TrainingSetError(f"training set manifest {path} is unreadable: {err}") from None
+            if manifest.version != version:
+                raise TrainingSetError(f"training set manifest {path} says version {manifest.version}")
+            found[version] = manifest
+        return dict(sorted(found.items()))
+
+    def latest(self) -> TrainingSetResult:
+        """The newest committed version; version 0 (the shipped train split) when none was written."""
+        manifests = self.manifests()
+        if not manifests:
+            return self._base_result()
+        return self._result(manifests[max(manifests)])
+
+    def load(self, version: int) -> list[LabeledExample]:
+        """Every example of a version, in file order, after checking the file against its manifest.
+
+        Not re-split: a training set file holds training examples only.
+        """
+        if version == 0:
+            return self._base_train()
+        manifest = self.manifests().get(version)
+        if manifest is None:
+            raise TrainingSetError(
+                f"no training set version {version} in {self.directory} (known: {sorted(self.manifests())})"
+            )
+        return self._load_verified(manifest)
+
+    def _load_verified(self, manifest: TrainingSetManifest) -> list[LabeledExample]:
+        path = self.directory / data_filename(manifest.version)
+        try:
+            digest = _sha256(path.read_bytes())
+        except OSError as err:
+            raise TrainingSetError(f"training set file {path} cannot be read ({err.strerror})") from None
+        if digest != manifest.sha256:
+            raise TrainingSetError(
+                f"training set file {path} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…: "
+                "refusing it"
+            )
+        examples, problems = check_files([path])
+        if problems:
+            raise TrainingSetError(f"training set file {path} is invalid: " + "; ".join(problems[:5]))
+        return examples
+
+    def _base_train(self) -> list[LabeledExample]:
+        return load_examples(self.base_dataset, split="train")
+
+    def _base_result(self) -> TrainingSetResult:
+        return TrainingSetResult(
+            version=0,
+            path=str(self.base_dataset),
+            sha256=_sha256(self.base_dataset.read_bytes()),
+            train_size=len(self._base_train()),
+            added=0,
+            duplicates=0,
+            redactions=0,
+        )
+
+    def _result(self, manifest: TrainingSetManifest) -> TrainingSetResult:
+        return TrainingSetResult(
+            version=manifest.version,
+            path=str(self.directory / data_filename(manifest.version)),
+            sha256=manifest.sha256,
+            train_size=manifest.train_size,
+            added=len(manifest.added),
+            duplicates=manifest.duplicates,
+            redactions=manifest.redactions,
+        )
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # The thread lock for this process, the file lock for other workers on the same volume.
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.directory / ".lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def extend(self, run_key: str, failed: Iterable[tuple[str, DelegationRequest, str]]) -> TrainingSetResult:
+        """Append the failed decisions as new examples and write the next version; idempotent per ``run_key``.
+
+        Each ``(source_id, request, label)`` becomes an example with a stable ``fb-`` id, its title and
+        description redacted. Examples whose text (or id) is already in any split of the base dataset,
+        in the current training set or earlier in the batch are skipped. A retry with the same
+        ``run_key`` returns the version that run wrote; when the content would not change, no
+        version is written and the latest one is returned with ``added=0``.
+        """
+        items = list(failed)
+        with self._locked():
+            self._sweep_temp_files()
+            manifests = self.manifests()
+            for manifest in manifests.values():
+                if manifest.run_key == run_key:
+                    logger.info("training set version {} already written for run {}", manifest.version, run_key)
+                    return self._result(manifest)
+            parent = max(manifests) if manifests else 0
+
+            base_bytes = self.base_dataset.read_bytes()
+            try:
+                base_all = load_examples(self.base_dataset)
+            except DatasetError as err:
+                raise TrainingSetError(str(err)) from None
+            seen_keys = {key for example in base_all for key in text_keys(example)}
+            seen_ids = {example.id for example in base_all}
+
+            carried = [e for e in base_all if e.split == "train"]
+            parent_examples = self._load_verified(manifests[parent]) if parent else []
+            dropped: list[str] = []
+            # Feedback examples are carried over on the current base: if the shipped dataset changed
+            # since the parent and now holds one's text (say in dev), it must leave the training set.
+            feedback_ids = {i for m in manifests.values() if m.version <= parent for i in m.added}
+            for example in parent_examples:
+                if example.id not in feedback_ids:
+                    continue
+                keys = text_keys(example)
+                if example.id in seen_ids or seen_keys.intersection(keys):
+                    dropped.append(example.id)
+                    continue
+                carried.append(example)
+                seen_keys.update(keys)
+                seen_ids.add(example.id)
+
+            added: list[LabeledExample] = []
+            duplicates = invalid = redactions = 0
+            for source_id, request, label in items:
+                example, count = self._to_example(source_id, request, label)
+                if example is None:
+                    invalid += 1
+                    continue
+                # Raw keys too: a dev text holding a phone number must not come back redacted.
+                raw = example.model_copy(update={"title": request.title, "description": request.description})
+                keys = set(text_keys(example)) | set(text_keys(raw))
+                if example.id in seen_ids or seen_keys.intersection(keys):
+                    duplicates += 1
+                    continue
+                added.append(example)
+                seen_keys.update(keys)
+                seen_ids.add(example.id)
+                redactions += count
+
+            examples = carried + added
+            text = _serialize(examples)
+            digest = _sha256(text.encode("utf-8"))
+            parent_sha = manifests[parent].sha256 if parent else None
+            unchanged = digest == parent_sha or (parent == 0 and not added)
+            if unchanged:
+                logger.info(
+                    "training set unchanged for run {}: {} new example(s) were duplicates, {} invalid",
+                    run_key,
+                    duplicates,
+                    invalid,
+                )
+                current = self._result(manifests[parent]) if parent else self._base_result()
+                return current.model_copy(update={"added": 0, "duplicates": duplicates, "redactions": 0})
+
+            version = parent + 1
+            manifest = TrainingSetManifest(
+                version=version,
+                sha256=digest,
+                created_at=datetime.now(UTC),
+                parent_version=parent,
+                run_key=run_key,
+                base_dataset_sha256=_sha256(base_bytes),
+                train_size=len(examples),
+                added=[e.id for e in added],
+                duplicates=duplicates,
+                invalid=invalid,
+                dropped=dropped,
+                redactions=redactions,
+            )
+            self._commit(manifest, text)
+        logger.info(
+            "wrote training set version {} for run {}: {} examples, {} added, {} duplicates, {} invalid, "
+            "{} dropped, {} redactions",
+            version,
+            run_key,
+            len(examples),
+            len(added),
+            duplicates,
+            invalid,
+            len(dropped),
+            redactions,
+        )
+        return self._result(manifest)
+
+    def _to_example(self, source_id: str, request: DelegationRequest, label: str) -> tuple[LabeledExample | None, int]:
+        """The redacted example, or None (logged by source only: the text may hold personal data)."""
+        title, title_count = redact(request.title)
+        description, description_count = redact(request.description)
+        try:
+            example = LabeledExample(
+                id=example_id_for(source_id),
+                title=title,
+                description=description,
+                priority=request.priority,
+                assignees=request.assignees,
+                label=label,
+            )
+            candidate_ids = [a.id for a in candidates_for(example.to_request())]
+        except ValidationError as err:
+            logger.warning("skipping failed decision {}: {} problem(s) in the example", source_id, err.error_count())
+            return None, 0
+        if label not in candidate_ids:
+            logger.warning("skipping failed decision {}: {!r} is not one of its candidates", source_id, label)
+            return None, 0
+        return example, title_count + description_count
+
+    def _commit(self, manifest: TrainingSetManifest, text: str) -> None:
+        data_path = self.directory / data_filename(manifest.version)
+        manifest_path = self.directory / manifest_filename(manifest.version)
+        if manifest_path.exists():  # cannot happen under the lock; never replace a committed version
+            raise TrainingSetError(f"{manifest_path} already exists; versions are never overwritten")
+        if data_path.exists():
+            logger.warning("replacing {}: a write that crashed before its manifest left it", data_path)
+        atomic_write_text(data_path, text)
+        _fsync_dir(self.directory)
+        try:
+            _create_exclusive(manifest_path, manifest.model_dump_json(indent=2) + "\n")
+        except FileExistsError:
+            raise TrainingSetError(f"{manifest_path} already exists; versions are never overwritten") from None
+        _fsync_dir(self.directory)
+
+    def _sweep_temp_files(self) -> None:
+        # Under the lock no write is in progress, so any temp file is a crashed write's leftover.
+        for path in self.directory.iterdir():
+            if path.name.startswith(_TEMP_PREFIX):
+                path.unlink(missing_ok=True)
+
+    def orphans(self) -> list[Path]:
+        """Data files without a manifest: writes that crashed before committing (ignored)."""
+        committed = set(self.manifests())
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            path
+            for path in self.directory.iterdir()
+            if (match := _DATA_NAME.match(path.name)) and int(match.group(1)) not in committed
+        )

@@ -1,0 +1,272 @@
+"""Builds the deciders, the store and the flag provider, and runs the Temporal worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Literal
+
+from loguru import logger
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from delegation.activities.deciders import DeciderActivities
+from delegation.activities.feedback import FeedbackActivities
+from delegation.activities.flags import FlagActivities, Guardrail
+from delegation.activities.recording import RecordActivities
+from delegation.rollout.flags import FeatureFlagProvider
+from delegation.rollout.control import GuardrailLimits, RolloutControl
+from delegation.core.settings import Settings, env_file_for, get_settings
+from delegation.deciders.protocol import Decider
+from delegation.store.decisions import DecisionStore
+from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
+from delegation.core.converter import DATA_CONVERTER
+from delegation.workflows.delegation import DelegationWorkflow
+from delegation.workflows.feedback import RecordFeedbackWorkflow
+
+if TYPE_CHECKING:
+    from delegation.activities.reoptimization import ReoptimizationActivities
+    from delegation.deciders.dspy_decider import ProgramSource
+
+# Headroom over the LLM timeout for one decider attempt: connection setup and validation.
+_DECIDE_TIMEOUT_MARGIN_S = 15.0
+
+
+@dataclass
+class WorkerDependencies:
+    """Everything the activities need; tests build it with stand-ins for the LLM."""
+
+    endpoint: LLMEndpoint
+    instructor: Decider
+    dspy: Decider
+    store: DecisionStore
+    flags: FeatureFlagProvider
+    audit_log: Path | None = None
+    environment: str = "dev"
+    guardrail_limits: GuardrailLimits = field(default_factory=GuardrailLimits)
+    reoptimization: ReoptimizationActivities | None = None
+
+    def rollout_control(self) -> RolloutControl:
+        """Moves the live flags with an audit entry (the guardrail's rollback goes through it)."""
+        audit_log = self.audit_log or self.store.db_path.with_name("rollout_audit.jsonl")
+        return RolloutControl(self.flags, audit_log, self.environment)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Loguru to stderr, one line per event."""
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} | {level:<7} | {name} | {message}")
+
+
+def program_source(settings: Settings) -> ProgramSource:
+    """``DSPY_PROGRAM_PATH`` pins one program file; otherwise the registry's champion, followed live."""
+    from delegation.deciders.dspy_decider import load_program
+    from delegation.learning.registry import ArtifactRegistry, ChampionProgram
+
+    if settings.dspy_program_path is not None:
+        return load_program(settings.dspy_program_path)
+    return ChampionProgram(ArtifactRegistry(settings.artifact_dir))
+
+
+def build_dependencies(settings: Settings) -> WorkerDependencies:
+    """Real deciders against the configured endpoint, the SQLite store and the live flags."""
+    from delegation.deciders.dspy_decider import DSPyDecider
+    from delegation.deciders.instructor_decider import InstructorDecider
+    from delegation.deciders.endpoint import build_async_openai, build_dspy_lm
+
+    from delegation.activities.reoptimization import ReoptimizationActivities
+    from delegation.learning.dataset import DEFAULT_DATASET
+    from delegation.learning.registry import ArtifactRegistry
+    from delegation.learning.training_set import TrainingSetStore
+
+    endpoint = resolve_endpoint(settings)
+    logger.info("LLM endpoint: {} model {} ({})", endpoint.base_url, endpoint.model, endpoint.provider)
+    lm = build_dspy_lm(endpoint)
+    source = program_source(settings)
+    logger.info("DSPy program version {}", source.current.version)
+    store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
+    return WorkerDependencies(
+        endpoint=endpoint,
+        instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
+        dspy=DSPyDecider(lm, endpoint, source),
+        store=store,
+        flags=FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)),
+        audit_log=settings.rollout_audit_path,
+        environment=settings.app_env,
+        guardrail_limits=settings.guardrail_limits(),
+        reoptimization=ReoptimizationActivities(
+            store=store,
+            registry=ArtifactRegistry(settings.artifact_dir),
+            training_sets=TrainingSetStore(settings.artifact_dir / "training_sets", DEFAULT_DATASET),
+            lm=lm,
+            endpoint=endpoint,
+            dataset=DEFAULT_DATASET,
+            margin=settings.reoptimize_margin,
+            review_confidence_below=settings.review_confidence_below,
+        ),
+    )
+
+
+async def warm_up(deps: WorkerDependencies) -> None:
+    """One decision per decider, so the server's prompt cache holds both fixed prompts before real traffic.
+
+    On the embedded model the first call pays for the whole prompt (~700 tokens, ~20 s on
+    2 cores); later calls only for the task text. A failure here is logged, never fatal.
+    """
+    import time
+
+    from delegation.core.models import DelegationRequest
+
+    probe = DelegationRequest(task_id="warm-up", title="Summarize the meeting notes")
+    for name, decider in (("instructor", deps.instructor), ("dspy", deps.dspy)):
+        started = time.perf_counter()
+        try:
+            await decider.decide(probe)
+        except Exception as err:  # warm-up is best effort
+            logger.warning("warm-up of the {} decider failed: {}", name, deps.endpoint.redact(str(err)))
+        else:
+            logger.info("warm-up of the {} decider took {:.1f} s", name, time.perf_counter() - started)
+
+
+def build_worker(
+    client: Client,
+    deps: WorkerDependencies,
+    *,
+    task_queue: str,
+    llm_concurrency: int,
+    llm_timeout_s: float,
+    decider_activity: Literal["local", "remote"] = "remote",
+    queue_timeout_s: float = 300.0,
+) -> Worker:
+    """A worker for ``DelegationWorkflow`` and its activities.
+
+    ``llm_concurrency`` caps the LLM calls in flight. With ``decider_activity="remote"`` the
+    deciders are regular activities and extra calls wait in the Temporal task queue; with
+    ``"local"`` they are local activities (one workflow task per decision, ~2x less
+    orchestration overhead) and extra calls wait in the worker for up to ``queue_timeout_s``,
+    which the attempt timeout then covers.
+    """
+    deciders = DeciderActivities(
+        deps.instructor, deps.dspy, deps.endpoint, max_concurrent_calls=llm_concurrency, queue_timeout_s=queue_timeout_s
+    )
+    queue_wait = queue_timeout_s if decider_activity == "local" else 0.0
+    flags = FlagActivities(
+        deps.flags,
+        decide_timeout_s=queue_wait + llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S,
+        decider_activity=decider_activity,
+        guardrail=Guardrail(deps.store, deps.rollout_control(), deps.guardrail_limits),
+    )
+    recording = RecordActivities(deps.store)
+    feedback = FeedbackActivities(deps.store)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[DelegationWorkflow, RecordFeedbackWorkflow],
+        activities=[
+            flags.read_feature_flags,
+            deciders.decide_with_instructor,
+            deciders.decide_with_dspy,
+            recording.record_decision,
+            feedback.record_feedback,
+        ],
+        max_concurrent_activities=llm_concurrency,
+        max_concurrent_local_activities=max(64, 4 * llm_concurrency),
+    )
+
+
+def build_reoptimization_worker(client: Client, activities: ReoptimizationActivities, *, task_queue: str) -> Worker:
+    """A worker for ``ReoptimizeDelegationWorkflow``: one activity at a time (optimization is CPU-bound)."""
+    from delegation.workflows.reoptimization import ReoptimizeDelegationWorkflow
+
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ReoptimizeDelegationWorkflow],
+        activities=[
+            activities.collect_failed_decisions,
+            activities.extend_training_set,
+            activities.optimize_challenger,
+            activities.evaluate_programs,
+            activities.decide_promotion,
+            activities.finish_reoptimization,
+        ],
+        max_concurrent_activities=1,
+    )
+
+
+def llm_concurrency(settings: Settings, endpoint: LLMEndpoint) -> int:
+    """LLM calls in flight: the embedded server's slots (more would only queue inside it and time out)."""
+    if settings.llm_max_concurrency is not None:
+        return settings.llm_max_concurrency
+    return settings.local_llm_parallel if endpoint.embedded else 16
+
+
+def decider_activity(settings: Settings, endpoint: LLMEndpoint) -> Literal["local", "remote"]:
+    """``auto``: regular activities for the embedded model (calls of seconds, one slot), local otherwise."""
+    if settings.decider_activity != "auto":
+        return settings.decider_activity
+    return "remote" if endpoint.embedded else "local"
+
+
+def worker_for(client: Client, deps: WorkerDependencies, settings: Settings) -> Worker:
+    """The worker as configured by the settings."""
+    return build_worker(
+        client,
+        deps,
+        task_queue=settings.task_queue,
+        llm_concurrency=llm_concurrency(settings, deps.endpoint),
+        llm_timeout_s=settings.llm_timeout_s,
+        decider_activity=decider_activity(settings, deps.endpoint),
+        queue_timeout_s=settings.llm_queue_timeout_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_workers(client: Client, deps: WorkerDependencies, settings: Settings) -> AsyncIterator[None]:
+    """The decision worker and, when configured, the re-optimization worker, running for the block."""
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(worker_for(client, deps, settings))
+        queues = [settings.task_queue]
+        if deps.reoptimization is not None:
+            queue = settings.reoptimization_task_queue
+            await stack.enter_async_context(build_reoptimization_worker(client, deps.reoptimization, task_queue=queue))
+            queues.append(queue)
+        logger.info("worker serving task queues {} on {}", queues, settings.temporal_address)
+        yield
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Connect, run the worker, and shut down cleanly when ``stop`` is set or on SIGINT/SIGTERM."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    deps = build_dependencies(settings)
+    import dspy
+
+    # Once, from this task; activities only ever use `dspy.context` (dspy#8203).
+    dspy.configure(lm=getattr(deps.dspy, "lm", None))
+    if deps.endpoint.embedded:
+        from delegation.devstack.llm_server import wait_until_ready
+
+        await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 120.0)
+        await warm_up(deps)
+    client = await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
+    )
+    async with running_workers(client, deps, settings):
+        await stop.wait()
+        logger.info("shutting down: finishing in-flight tasks")
+    logger.info("worker stopped")
+
+
+def main() -> None:
+    """Entry point of ``python -m delegation.worker`` and ``delegation worker``."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))

@@ -1,0 +1,138 @@
+"""delegation.store.decisions.DecisionStore: one SQLite row per (workflow_id, run_id), one TRAINING_DATA line per row."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
+from delegation.store.decisions import TRAINING_DATA_MARKER, DecisionStore
+from tests.support.factories import decision_record
+
+
+def _decision_record(
+    *,
+    workflow_id: str = "delegation-task-1",
+    run_id: str = "run-1",
+    decision: DelegationDecision | None = None,
+    error: str | None = None,
+    decided_at: datetime | None = None,
+) -> DecisionRecord:
+    task_id = workflow_id.removeprefix("delegation-")
+    request = DelegationRequest(task_id=task_id, title="Sign the supplier contract", description="By Friday — €5k")
+    if decision is None and error is None:
+        decision = DelegationDecision(assignee_id="legal-counsel", confidence=0.8, reasoning="a contract")
+    return decision_record(
+        request,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        decision=decision,
+        latency_ms=20.0,
+        error=error,
+        bucket=123,
+        decided_at=decided_at or datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DecisionStore:
+    return DecisionStore(tmp_path / "db" / "decisions.sqlite3", tmp_path / "logs" / "decisions.log")
+
+
+def _log_lines(store: DecisionStore) -> list[str]:
+    if not store.log_path.exists():
+        return []
+    return store.log_path.read_text(encoding="utf-8").splitlines()
+
+
+def test_recording_twice_stores_one_row_and_logs_one_line(store: DecisionStore) -> None:
+    record = _decision_record()
+    assert store.record(record, log_to_file=True) == (True, True)
+    assert store.record(record, log_to_file=True) == (False, False)
+    assert store.count() == 1
+    assert store.count(record.workflow_id) == 1
+    lines = _log_lines(store)
+    assert len(lines) == 1
+    line = json.loads(lines[0])
+    assert line["marker"] == TRAINING_DATA_MARKER == "TRAINING_DATA"
+    assert line["workflow_id"] == record.workflow_id
+    assert line["run_id"] == record.run_id
+    assert line["decision"]["assignee_id"] == "legal-counsel"
+    assert line["request"]["description"] == "By Friday — €5k"  # non-ASCII kept as UTF-8
+
+
+def test_log_line_parses_back_into_the_record(store: DecisionStore) -> None:
+    record = _decision_record()
+    store.record(record, log_to_file=True)
+    line = json.loads(_log_lines(store)[0])
+    assert line.pop("marker") == "TRAINING_DATA"
+    assert DecisionRecord.model_validate(line) == record
+
+
+def test_without_logging_the_row_is_stored_but_no_line_written(store: DecisionStore) -> None:
+    record = _decision_record()
+    assert store.record(record, log_to_file=False) == (True, False)
+    assert store.count() == 1
+    assert _log_lines(store) == []
+
+
+def test_later_logging_of_an_unlogged_row_writes_the_line_once(store: DecisionStore) -> None:
+    record = _decision_record()
+    store.record(record, log_to_file=False)
+    assert store.record(record, log_to_file=True) == (False, True)
+    assert store.record(record, log_to_file=True) == (False, False)
+    assert store.count() == 1
+    lines = _log_lines(store)
+    assert len(lines) == 1
+    assert json.loads(lines[0])["workflow_id"] == record.workflow_id
+
+
+def test_failed_decisions_are_stored_too(store: DecisionStore) -> None:
+    record = _decision_record(workflow_id="delegation-task-9", error="both deciders failed")
+    assert record.decision is None
+    assert store.record(record, log_to_file=True) == (True, True)
+    (stored,) = store.get("delegation-task-9")
+    assert stored == record
+    assert stored.decision is None and stored.error == "both deciders failed"
+    with sqlite3.connect(store.db_path) as conn:
+        row = conn.execute(
+            "SELECT assignee_id, confidence, error FROM decisions WHERE workflow_id = ?", ("delegation-task-9",)
+        ).fetchone()
+    assert row == (None, None, "both deciders failed")
+    assert json.loads(_log_lines(store)[0])["decision"] is None
+
+
+def test_two_runs_of_one_workflow_are_two_rows(store: DecisionStore) -> None:
+    start = datetime.now(UTC)
+    first = _decision_record(run_id="run-a", decided_at=start)
+    second = _decision_record(run_id="run-b", decided_at=start + timedelta(seconds=1))
+    assert store.record(second, log_to_file=True) == (True, True)
+    assert store.record(first, log_to_file=True) == (True, True)
+    assert store.count("delegation-task-1") == 2
+    assert len(_log_lines(store)) == 2
+    assert store.get("delegation-task-1") == [first, second]  # oldest first
+
+
+def test_get_returns_records_for_one_workflow_only(store: DecisionStore) -> None:
+    one = _decision_record(workflow_id="delegation-task-1")
+    other = _decision_record(workflow_id="delegation-task-2")
+    store.record(one, log_to_file=False)
+    store.record(other, log_to_file=False)
+    assert store.get("delegation-task-1") == [one]
+    assert store.get("delegation-task-2") == [other]
+    assert store.get("delegation-unknown") == []
+    assert store.count() == 2
+    assert store.count("delegation-unknown") == 0
+
+
+def test_rows_survive_a_new_store_on_the_same_files(store: DecisionStore) -> None:
+    record = _decision_record()
+    store.record(record, log_to_file=True)
+    reopened = DecisionStore(store.db_path, store.log_path)
+    assert reopened.get(record.workflow_id) == [record]
+    assert reopened.record(record, log_to_file=True) == (False, False)
+    assert len(_log_lines(reopened)) == 1
