@@ -24,15 +24,16 @@ from rich.table import Table
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
-from delegation.core.models import DelegationDecision, DelegationRequest, Verdict
-from delegation.store.decisions import DecisionStore
-from delegation.deciders.endpoint import LLMEndpoint
-from delegation.worker.main import WorkerDependencies, build_worker
-from delegation.devstack.stack import temporal_binary
-from delegation.workflows.client import start_delegation
 from delegation.core.converter import DATA_CONVERTER
+from delegation.core.activity_io import DeciderResult
+from delegation.core.models import DelegationDecision, DelegationRequest
 from delegation.core.search_attributes import ALL_KEYS
+from delegation.deciders.endpoint import LLMEndpoint
+from delegation.devstack.stack import temporal_binary
+from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.store.decisions import DecisionStore
+from delegation.worker.main import WorkerDependencies, build_worker
+from delegation.workflows.client import start_delegation
 
 console = Console(width=150)
 
@@ -43,8 +44,9 @@ class InstantDecider:
     program_version = "instant"
     model = "none"
 
-    async def decide(self, request: DelegationRequest) -> Verdict:
-        return Verdict(DelegationDecision(assignee_id="self", confidence=1.0, reasoning="bench"), 0.0, "instant")
+    async def decide(self, request: DelegationRequest) -> DeciderResult:
+        decision = DelegationDecision(assignee_id="self", confidence=1.0, reasoning="bench")
+        return DeciderResult(decision=decision, program_version="instant", model="none", latency_ms=0.0)
 
 
 def _percentile(values: list[float], q: float) -> float:

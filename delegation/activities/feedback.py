@@ -9,6 +9,7 @@ from loguru import logger
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from delegation.core import names
 from delegation.core.models import DelegationFeedback, FeedbackReceipt
 from delegation.store.decisions import DecisionStore, InvalidFeedback, UnknownDecision
 
@@ -19,7 +20,7 @@ class FeedbackActivities:
     def __init__(self, store: DecisionStore) -> None:
         self._store = store
 
-    @activity.defn(name="record_feedback")
+    @activity.defn(name=names.RECORD_FEEDBACK)
     async def record_feedback(self, feedback: DelegationFeedback) -> FeedbackReceipt:
         """Store the feedback on the latest run of the decision it names."""
         try:

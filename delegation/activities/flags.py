@@ -8,46 +8,16 @@ later request go to Instructor until an operator moves the rollout again.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from loguru import logger
 from temporalio import activity
 
+from delegation.core import names
 from delegation.core.activity_io import RoutingChoice, RoutingInput
-from delegation.rollout.flags import FeatureFlagProvider, FeatureFlags, flags_file_updated_at
-from delegation.rollout.control import GUARDRAIL_ACTOR, GuardrailLimits, RolloutControl, check_guardrail
 from delegation.rollout.bucketing import choose_variant, rollout_bucket
-from delegation.store.decisions import DecisionStore
-
-
-class Guardrail:
-    """Judges DSPy's recent decisions and rolls DSPy back when they break the limits."""
-
-    def __init__(self, store: DecisionStore, control: RolloutControl, limits: GuardrailLimits) -> None:
-        self._store = store
-        self._control = control
-        self._limits = limits
-        self._lock = asyncio.Lock()
-
-    async def check(self, flags: FeatureFlags) -> str | None:
-        """The reason DSPy was just rolled back, or None when it may keep serving."""
-        if not (flags.dspy_guardrail_enabled and flags.use_dspy_delegation and flags.dspy_rollout_percentage > 0):
-            return None
-        # One judgement at a time: concurrent decisions must not roll back (and audit) twice.
-        async with self._lock:
-            since = flags_file_updated_at(self._control.provider.flags_file)
-            records = await asyncio.to_thread(
-                self._store.recent_decisions, self._limits.window, assigned_variant="dspy", since=since
-            )
-            verdict = check_guardrail(records, self._limits)
-            if not verdict.tripped:
-                return None
-            if self._control.current().dspy_rollout_percentage == 0:
-                return verdict.reason  # already rolled back by a concurrent check
-            await asyncio.to_thread(self._control.rollback, who=GUARDRAIL_ACTOR, reason=verdict.reason)
-        logger.error("guardrail: DSPy rolled back to 0 %: {}", verdict.reason)
-        return verdict.reason
+from delegation.rollout.flags import FeatureFlagProvider
+from delegation.rollout.guardrail import Guardrail
 
 
 class FlagActivities:
@@ -65,7 +35,7 @@ class FlagActivities:
         self._decider_activity = decider_activity
         self._guardrail = guardrail
 
-    @activity.defn(name="read_feature_flags")
+    @activity.defn(name=names.READ_FEATURE_FLAGS)
     async def read_feature_flags(self, routing: RoutingInput) -> RoutingChoice:
         """Current flags, the key's bucket and the chosen variant."""
         reading = self._provider.read()

@@ -7,6 +7,7 @@ import asyncio
 from loguru import logger
 from temporalio import activity
 
+from delegation.core import names
 from delegation.core.activity_io import RecordInput, RecordResult
 from delegation.store.decisions import DecisionStore
 
@@ -17,7 +18,7 @@ class RecordActivities:
     def __init__(self, store: DecisionStore) -> None:
         self._store = store
 
-    @activity.defn(name="record_decision")
+    @activity.defn(name=names.RECORD_DECISION)
     async def record_decision(self, data: RecordInput) -> RecordResult:
         """Store the record (keyed by workflow and run id) and log it once when logging is on."""
         stored, logged = await asyncio.to_thread(self._store.record, data.record, log_to_file=data.log_to_file)

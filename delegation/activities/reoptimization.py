@@ -17,10 +17,10 @@ from typing import TypeVar
 
 import dspy
 from loguru import logger
-from rich.console import Console
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from delegation.core import names
 from delegation.core.reoptimization import (
     ChallengerInput,
     ChallengerResult,
@@ -38,44 +38,18 @@ from delegation.core.reoptimization import (
     TrainingSetInput,
     TrainingSetResult,
 )
-from delegation.learning.dataset import DatasetError, LabeledExample, load_examples
-from delegation.store.decisions import DecisionStore, StoredDecision
 from delegation.deciders.dspy_decider import DSPyDecider, LoadedProgram, load_program
-from delegation.learning.evaluation import run_decider, summarize
 from delegation.deciders.endpoint import LLMEndpoint
-from delegation.learning.optimizer import OptimizationError, optimize
+from delegation.learning.dataset import DatasetError, LabeledExample, load_examples
+from delegation.learning.evaluation import run_decider, summarize
+from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG, OptimizationError, OptimizerConfig, optimize
+from delegation.learning.promotion import promotion_verdict
 from delegation.learning.registry import ArtifactRegistry, RegistryError
 from delegation.learning.training_set import FailedExample, TrainingSetError, TrainingSetStore
+from delegation.store.decisions import DecisionStore, StoredDecision
 
 T = TypeVar("T")
 REVIEW_LIMIT = 50
-# The shipped optimizer configuration, used when there is no champion to copy it from.
-DEFAULT_OPTIMIZER = ("bootstrap", 8, 7)
-
-
-def promotion_verdict(scores: EvaluateResult, margin: float) -> tuple[bool, str]:
-    """Promote only when the challenger gains at least ``margin`` dev accuracy (and some), is not
-    worse on test, and does not fail more often (dev and test pooled)."""
-    challenger, champion = scores.challenger, scores.champion
-    gain = challenger.dev_accuracy - champion.dev_accuracy
-    comparison = (
-        f"dev accuracy {challenger.dev_accuracy:.3f} vs champion {champion.dev_accuracy:.3f} ({gain:+.3f}), "
-        f"test {challenger.test_accuracy:.3f} vs {champion.test_accuracy:.3f}"
-    )
-    if gain <= 0 or gain < margin:
-        return False, f"{comparison}: the dev gain is below the margin {margin:.3f}"
-    if challenger.test_accuracy < champion.test_accuracy:
-        return False, f"{comparison}: worse on test"
-    challenger_errors = _pooled_error_rate(challenger)
-    champion_errors = _pooled_error_rate(champion)
-    if challenger_errors > champion_errors:
-        return False, f"{comparison}: error rate {challenger_errors:.1%} is worse than {champion_errors:.1%}"
-    return True, f"{comparison}, error rate {challenger_errors:.1%} vs {champion_errors:.1%}: beats the margin {margin:.3f}"
-
-
-def _pooled_error_rate(scores: Scores) -> float:
-    n = scores.dev_n + scores.test_n
-    return (scores.dev_error_rate * scores.dev_n + scores.test_error_rate * scores.test_n) / n if n else 0.0
 
 
 def _review_reason(decision: StoredDecision, confidence_below: float) -> str | None:
@@ -130,7 +104,7 @@ class ReoptimizationActivities:
         except DatasetError as err:
             raise ApplicationError(str(err), type="DatasetError", non_retryable=True) from None
 
-    @activity.defn(name="collect_failed_decisions")
+    @activity.defn(name=names.COLLECT_FAILED_DECISIONS)
     async def collect_failed_decisions(self, data: CollectInput) -> CollectResult:
         """Failed decisions with a correct assignee whose feedback arrived in the window; others for review."""
         since = data.since if data.since is not None else await asyncio.to_thread(self._store.last_collected_until)
@@ -177,7 +151,7 @@ class ReoptimizationActivities:
             champion_version=champion,
         )
 
-    @activity.defn(name="extend_training_set")
+    @activity.defn(name=names.EXTEND_TRAINING_SET)
     async def extend_training_set(self, data: TrainingSetInput) -> TrainingSetResult:
         """Append the failed decisions, redacted and de-duplicated, as a new training-set version."""
         items = []
@@ -213,19 +187,22 @@ class ReoptimizationActivities:
             reused=reused,
         )
 
-    @activity.defn(name="optimize_challenger")
+    @activity.defn(name=names.OPTIMIZE_CHALLENGER)
     async def optimize_challenger(self, data: ChallengerInput) -> ChallengerResult:
         """Optimize with the champion's optimizer settings on the grown training set; write a candidate."""
         existing = await asyncio.to_thread(self._written_for, data.run_key)
         if existing is not None:
             logger.info("challenger version {} was already written for run {}", existing, data.run_key)
             return self._challenger_result(existing, reused=True)
-        optimizer, max_demos, seed = DEFAULT_OPTIMIZER
+        # The champion's configuration; the shipped one when there is no champion to copy it from.
+        config = DEFAULT_OPTIMIZER_CONFIG
         if data.champion_version is not None:
             manifest = self._registry.manifest(data.champion_version)
-            optimizer = manifest.optimizer
-            max_demos = int(manifest.optimizer_params.get("max_demos", max_demos))
-            seed = int(manifest.optimizer_params.get("seed", seed))
+            config = OptimizerConfig(
+                optimizer=manifest.optimizer,
+                max_demos=int(manifest.optimizer_params.get("max_demos", config.max_demos)),
+                seed=int(manifest.optimizer_params.get("seed", config.seed)),
+            )
         train = await asyncio.to_thread(self._training_sets.load, data.training_set.version)
         dev = self._split("dev")
         try:
@@ -237,14 +214,11 @@ class ReoptimizationActivities:
                     endpoint=self._endpoint,
                     train=train,
                     dev=dev,
-                    optimizer=optimizer,
-                    max_demos=max_demos,
-                    seed=seed,
-                    console=Console(quiet=True),
+                    config=config,
                     extra_params={"run_key": data.run_key, "training_set_version": data.training_set.version},
                     status_reason=f"challenger of re-optimization run {data.run_key}",
                 ),
-                f"optimizing with {optimizer} on {len(train)} examples",
+                f"optimizing with {config.optimizer} on {len(train)} examples",
             )
         except OptimizationError as err:
             raise ApplicationError(str(err), type="OptimizationError", non_retryable=True) from None
@@ -273,7 +247,7 @@ class ReoptimizationActivities:
             test_n=reports[1].n,
         )
 
-    @activity.defn(name="evaluate_programs")
+    @activity.defn(name=names.EVALUATE_PROGRAMS)
     async def evaluate_programs(self, data: EvaluateInput) -> EvaluateResult:
         """Challenger and champion on the same dev and test examples, through the serving decider."""
         dev, test = self._split("dev"), self._split("test")
@@ -291,7 +265,7 @@ class ReoptimizationActivities:
             champion=await self._scores(champion, dev, test),
         )
 
-    @activity.defn(name="decide_promotion")
+    @activity.defn(name=names.DECIDE_PROMOTION)
     async def decide_promotion(self, data: PromotionInput) -> PromotionResult:
         """Promote the challenger or record it as rejected, with the reason either way."""
         margin = data.margin if data.margin is not None else self._margin
@@ -317,7 +291,7 @@ class ReoptimizationActivities:
             promoted=promoted, reason=reason, margin=margin, champion_version=self._registry.champion()
         )
 
-    @activity.defn(name="finish_reoptimization")
+    @activity.defn(name=names.FINISH_REOPTIMIZATION)
     async def finish_reoptimization(self, data: FinishInput) -> FinishResult:
         """Remember the run, so the next one collects feedback from where this one stopped."""
         from datetime import UTC, datetime

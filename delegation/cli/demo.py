@@ -37,8 +37,8 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
     """Run the demo; returns the exit code (1 when any decision failed)."""
     from loguru import logger
 
-    from delegation.rollout.flags import FeatureFlagProvider
     from delegation.core.settings import env_file_for
+    from delegation.rollout.flags import FeatureFlagProvider
     from delegation.worker.main import build_dependencies, running_workers, warm_up
 
     logger.remove()

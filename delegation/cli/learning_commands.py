@@ -12,6 +12,7 @@ from rich.table import Table
 
 from delegation.core.settings import Settings, get_settings
 from delegation.learning.dataset import DEFAULT_DATASET, DatasetError, check_files, load_examples
+from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,8 +49,8 @@ def data_split(
     out_dir: Annotated[Path | None, typer.Option(help="Folder for train/dev/test.jsonl (default: next to SOURCE).")] = None,
 ) -> None:
     """Write SOURCE's train, dev and test splits as their own files (the split is the stable id hash)."""
-    from delegation.store.files import atomic_write_text
     from delegation.learning.dataset import DatasetError, load_examples, split_files_text
+    from delegation.store.files import atomic_write_text
 
     try:
         examples = load_examples(source)
@@ -80,10 +81,9 @@ def _ensure_endpoint(settings: Settings) -> None:
 
 
 def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no-untyped-def]
-    from delegation.deciders.dspy_decider import DSPyDecider, LoadedProgram
-    from delegation.deciders.dspy_program import DelegationDecider
-    from delegation.deciders.instructor_decider import InstructorDecider
+    from delegation.deciders.dspy_decider import DSPyDecider, load_program
     from delegation.deciders.endpoint import build_async_openai, build_dspy_lm, resolve_endpoint
+    from delegation.deciders.instructor_decider import InstructorDecider
     from delegation.learning.registry import ArtifactRegistry, RegistryError
 
     endpoint = resolve_endpoint(settings)
@@ -93,7 +93,7 @@ def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no
         _fail(f"--variant must be instructor or dspy, not {variant!r}", 2)
     registry = ArtifactRegistry(settings.artifact_dir)
     if version == "base":
-        source = LoadedProgram(DelegationDecider(), "dspy-base")
+        source = load_program(None)
     else:
         try:
             number = registry.champion() if version == "champion" else int(version)
@@ -109,7 +109,7 @@ def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no
 
 
 def _run(decider, examples, label: str):  # type: ignore[no-untyped-def]
-    from delegation.learning.evaluation import run_with_progress
+    from delegation.cli.progress import run_with_progress
 
     return run_with_progress(decider, examples, console, label)
 
@@ -186,7 +186,8 @@ def compare_command(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of both reports.")] = False,
 ) -> None:
     """Instructor against the DSPy champion on the same examples: the rollout plan's table and McNemar's test."""
-    from delegation.learning.evaluation import mcnemar_test, summarize
+    from delegation.core.targets import ACCURACY_TARGET, CONFIDENCE_TARGET, ERROR_RATE_TARGET, LATENCY_TARGET_MS
+    from delegation.learning.evaluation import EvaluationReport, mcnemar_test, summarize
 
     settings = get_settings()
     examples = _load(dataset, split, limit)
@@ -208,15 +209,22 @@ def compare_command(
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v / 1000:.2f}s"
 
-    table.add_row("Accuracy", f"{inst.accuracy:.1%} {mark(inst.accuracy > 0.88)}",
-                  f"{dsp.accuracy:.1%} {mark(dsp.accuracy > 0.88)}", ">88%")
-    table.add_row("Avg Confidence",
-                  f"{inst.avg_confidence or 0:.2f} {mark((inst.avg_confidence or 0) > 0.80)}",
-                  f"{dsp.avg_confidence or 0:.2f} {mark((dsp.avg_confidence or 0) > 0.80)}", ">0.80")
-    table.add_row("Latency (p50)", f"{ms(inst.p50_latency_ms)} {mark((inst.p50_latency_ms or 1e9) < 2000)}",
-                  f"{ms(dsp.p50_latency_ms)} {mark((dsp.p50_latency_ms or 1e9) < 2000)}", "<2s")
-    table.add_row("Error Rate", f"{inst.error_rate:.1%} {mark(inst.error_rate < 0.02)}",
-                  f"{dsp.error_rate:.1%} {mark(dsp.error_rate < 0.02)}", "<2%")
+    def accuracy(r: EvaluationReport) -> str:
+        return f"{r.accuracy:.1%} {mark(r.accuracy > ACCURACY_TARGET)}"
+
+    def confidence(r: EvaluationReport) -> str:
+        return f"{r.avg_confidence or 0:.2f} {mark((r.avg_confidence or 0) > CONFIDENCE_TARGET)}"
+
+    def latency(r: EvaluationReport) -> str:
+        return f"{ms(r.p50_latency_ms)} {mark(r.p50_latency_ms is not None and r.p50_latency_ms < LATENCY_TARGET_MS)}"
+
+    def errors(r: EvaluationReport) -> str:
+        return f"{r.error_rate:.1%} {mark(r.error_rate < ERROR_RATE_TARGET)}"
+
+    table.add_row("Accuracy", accuracy(inst), accuracy(dsp), f">{ACCURACY_TARGET:.0%}")
+    table.add_row("Avg Confidence", confidence(inst), confidence(dsp), f">{CONFIDENCE_TARGET:.2f}")
+    table.add_row("Latency (p50)", latency(inst), latency(dsp), f"<{LATENCY_TARGET_MS / 1000:g}s")
+    table.add_row("Error Rate", errors(inst), errors(dsp), f"<{ERROR_RATE_TARGET:.0%}")
     table.add_row("Brier score", f"{inst.brier_score or 0:.3f}", f"{dsp.brier_score or 0:.3f}", "lower is better")
     console.print(table)
     test = mcnemar_test(outcomes["dspy"], outcomes["instructor"])
@@ -229,11 +237,15 @@ def compare_command(
 
 
 def optimize_command(
-    optimizer: Annotated[str, typer.Option(help="bootstrap, labeled, random-search or mipro.")] = "bootstrap",
-    max_demos: Annotated[int, typer.Option(help="Most demos in the compiled prompt.")] = 8,
+    optimizer: Annotated[
+        str, typer.Option(help="bootstrap, labeled, random-search or mipro.")
+    ] = DEFAULT_OPTIMIZER_CONFIG.optimizer,
+    max_demos: Annotated[int, typer.Option(help="Most demos in the compiled prompt.")] = DEFAULT_OPTIMIZER_CONFIG.max_demos,
     train: Annotated[Path, typer.Option(help="JSONL file; its train split is used.")] = DEFAULT_DATASET,
     dev: Annotated[Path, typer.Option(help="JSONL file; its dev split is used.")] = DEFAULT_DATASET,
-    seed: Annotated[int, typer.Option(help="Shuffles the train examples; same inputs + seed = same program.")] = 7,
+    seed: Annotated[
+        int, typer.Option(help="Shuffles the train examples; same inputs + seed = same program.")
+    ] = DEFAULT_OPTIMIZER_CONFIG.seed,
     artifact_dir: Annotated[
         Path | None, typer.Option(help="Registry folder to write the version to (default ARTIFACT_DIR; delegation/learning/artifacts ships it).")
     ] = None,
@@ -242,8 +254,9 @@ def optimize_command(
     ] = "candidate",
 ) -> None:
     """Compile DelegationDecider, compare it with the base module on dev, and save a new candidate version."""
+    from delegation.cli.progress import optimization_progress
     from delegation.deciders.endpoint import build_dspy_lm, resolve_endpoint
-    from delegation.learning.optimizer import OPTIMIZERS, OptimizationError, optimize
+    from delegation.learning.optimizer import OPTIMIZERS, OptimizationError, OptimizerConfig, optimize
     from delegation.learning.registry import ArtifactRegistry, RegistryError
 
     if optimizer not in OPTIMIZERS:
@@ -261,11 +274,12 @@ def optimize_command(
     shipping = artifact_dir is not None and artifact_dir.resolve() == BUILTIN_DIR.resolve()
     registry = ArtifactRegistry(settings.artifact_dir if shipping or artifact_dir is None else artifact_dir)
     try:
-        result = optimize(
-            registry=registry, lm=build_dspy_lm(endpoint), endpoint=endpoint, train=train_examples,
-            dev=dev_examples, optimizer=optimizer, max_demos=max_demos, seed=seed, console=console,
-            artifact_directory=BUILTIN_DIR if shipping else None, initial_status=initial_status,
-        )
+        with optimization_progress(console) as progress:
+            result = optimize(
+                registry=registry, lm=build_dspy_lm(endpoint), endpoint=endpoint, train=train_examples,
+                dev=dev_examples, config=OptimizerConfig(optimizer, max_demos, seed), progress=progress,
+                artifact_directory=BUILTIN_DIR if shipping else None, initial_status=initial_status,
+            )
     except (OptimizationError, RegistryError) as err:
         _fail(f"{err}; nothing was written")
         return

@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from delegation.cli import learning_commands, report_commands, rollout_commands, schedule_commands
-from delegation.rollout.flags import FLAG_NAMES, get_feature_flags
 from delegation.core.models import DelegationRequest, describe_validation_error
-from delegation.rollout.control import operator_name
 from delegation.core.settings import PROJECT_ROOT, Settings, get_settings
+from delegation.rollout.control import operator_name
+from delegation.rollout.flags import FLAG_NAMES, get_feature_flags
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -146,12 +146,12 @@ def decide_command(
 
 
 async def _connect(settings: Settings) -> Client:
-    from delegation.workflows.client import connect
+    from delegation.workflows.client import TemporalUnreachable, connect
 
     try:
         return await connect(settings.temporal_address, settings.temporal_namespace)
-    except RuntimeError as err:
-        _fail(f"cannot reach Temporal at {settings.temporal_address} ({err}); run `delegation stack up`")
+    except TemporalUnreachable as err:
+        _fail(f"{err}; run `delegation stack up`")
         raise  # unreachable: _fail exits
 
 
@@ -288,13 +288,24 @@ def flags_set(
 # ---- schemas ---------------------------------------------------------------------------------
 
 
+def write_schemas(out_dir: Path) -> list[Path]:
+    """Write every schema file of the wire contract into ``out_dir`` (each replaced atomically)."""
+    from delegation.core.schemas import SCHEMA_MODELS, schema_text
+    from delegation.store.files import atomic_write_text
+
+    written = []
+    for filename, model in SCHEMA_MODELS.items():
+        path = out_dir / filename
+        atomic_write_text(path, schema_text(model))
+        written.append(path)
+    return written
+
+
 @schemas_app.command("export")
 def schemas_export(
     out_dir: Annotated[Path, typer.Option(help="Folder for the schema files.")] = PROJECT_ROOT / "schemas",
 ) -> None:
     """Write the JSON Schemas of DelegationRequest and DecisionRecord."""
-    from delegation.core.schemas import write_schemas
-
     for path in write_schemas(out_dir):
         console.print(f"wrote {path}")
 

@@ -87,7 +87,8 @@ def report_command(
     ] = None,
 ) -> None:
     """A/B report of live decisions per assigned arm: accuracy, confidence, latency, errors, SRM, criteria."""
-    from delegation.rollout.report import build_report, plot_report, render_report
+    from delegation.cli.report_view import plot_report, render_report
+    from delegation.rollout.report import build_report
 
     now = datetime.now(UTC)
     start = parse_since(since, now) if since is not None else None

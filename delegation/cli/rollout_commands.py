@@ -11,10 +11,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from delegation.rollout.flags import FlagsFileError, flags_file_updated_at, get_feature_flags
 from delegation.core.models import describe_validation_error
-from delegation.rollout.control import AuditEntry, RolloutControl, check_guardrail, operator_name
 from delegation.core.settings import get_settings
+from delegation.rollout.control import AuditEntry, RolloutControl, operator_name
+from delegation.rollout.flags import FlagsFileError, flags_file_updated_at, get_feature_flags
+from delegation.rollout.guardrail import check_guardrail, guardrail_limits
 
 rollout_app = typer.Typer(help="Move the DSPy rollout (0 → 10 → 25 → 50 → 100 %) and roll it back.", no_args_is_help=True)
 console = Console()
@@ -70,22 +71,22 @@ def rollout_rollback(
 @rollout_app.command("status")
 def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
     """The flags in force, the champion version, the live split, the guardrail and recent changes."""
-    from delegation.store.decisions import DecisionStore
     from delegation.learning.registry import ArtifactRegistry, RegistryError
+    from delegation.store.decisions import DecisionStore
 
     settings = get_settings()
     control = rollout_control()
     reading = control.provider.read()
     flags = reading.flags
     try:
-        champion: int | None | str = ArtifactRegistry(settings.artifact_dir).champion()
+        champion: int | str | None = ArtifactRegistry(settings.artifact_dir).champion()
     except (RegistryError, OSError, ValueError) as err:
         champion = f"unreadable ({err})"
     store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
     recent = store.recent_decisions(LIVE_SPLIT_WINDOW)
     on_dspy = sum(r.assigned_variant == "dspy" for r in recent)
     expected = sum(r.rollout_percentage for r in recent) / len(recent) if recent else None
-    limits = settings.guardrail_limits()
+    limits = guardrail_limits(settings)
     since = flags_file_updated_at(settings.flags_file)
     verdict = check_guardrail(store.recent_decisions(limits.window, assigned_variant="dspy", since=since), limits)
     trip = control.last_guardrail_trip()

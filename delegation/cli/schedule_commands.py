@@ -17,7 +17,7 @@ from rich.table import Table
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from delegation.core.reoptimization import REOPTIMIZATION_TASK_QUEUE, SCHEDULE_ID
+from delegation.core.names import SCHEDULE_ID
 from delegation.core.settings import get_settings
 from delegation.workflows import schedule as reopt_schedule
 
@@ -27,9 +27,6 @@ err_console = Console(stderr=True)
 schedule_app = typer.Typer(
     help="The monthly re-optimization schedule (03:00 UTC on day 1 of every month).", no_args_is_help=True
 )
-
-# Connecting to an unroutable address can hang on TCP; a refused port fails at once.
-CONNECT_TIMEOUT_S = 15.0
 
 T = TypeVar("T")
 
@@ -46,15 +43,12 @@ def _run(operation: Callable[[Client], Awaitable[T]]) -> T:
     settings = get_settings()
 
     async def main() -> T:
-        from delegation.workflows.client import connect
+        from delegation.workflows.client import TemporalUnreachable, connect
 
         try:
-            client = await asyncio.wait_for(
-                connect(settings.temporal_address, settings.temporal_namespace), CONNECT_TIMEOUT_S
-            )
-        except (RuntimeError, TimeoutError) as err:
-            detail = str(err) or f"no answer within {CONNECT_TIMEOUT_S:.0f} s"
-            _fail(f"cannot reach Temporal at {settings.temporal_address} ({detail}): start it with `delegation stack up`")
+            client = await connect(settings.temporal_address, settings.temporal_namespace)
+        except TemporalUnreachable as err:
+            _fail(f"{err}: start it with `delegation stack up`")
         try:
             return await operation(client)
         except reopt_schedule.ScheduleNotFound as err:
@@ -67,13 +61,18 @@ def _run(operation: Callable[[Client], Awaitable[T]]) -> T:
 
 @schedule_app.command("create")
 def create_command(
-    task_queue: Annotated[str, typer.Option(help="Task queue of the re-optimization worker.")] = REOPTIMIZATION_TASK_QUEUE,
+    task_queue: Annotated[
+        str | None,
+        typer.Option(help="Task queue of the re-optimization worker (default: REOPTIMIZATION_TASK_QUEUE, as the worker)."),
+    ] = None,
     schedule_id: ScheduleIdOption = SCHEDULE_ID,
 ) -> None:
     """Create the schedule, or bring an existing one up to date (safe to run again; a pause is kept)."""
+    # The queue the worker polls: the same setting, so the scheduled runs always find a worker.
+    queue = task_queue or get_settings().reoptimization_task_queue
 
     async def go(client: Client) -> tuple[str, reopt_schedule.ScheduleInfo]:
-        outcome = await reopt_schedule.create_or_update(client, schedule_id=schedule_id, task_queue=task_queue)
+        outcome = await reopt_schedule.create_or_update(client, schedule_id=schedule_id, task_queue=queue)
         return outcome, await reopt_schedule.describe(client, schedule_id)
 
     outcome, info = _run(go)

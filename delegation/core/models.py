@@ -5,7 +5,7 @@ Standard library and pydantic only: workflow code imports this module.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from delegation.core.names import workflow_id_for
 
 SELF_ID = "self"
 MAX_TEXT_BYTES = 8 * 1024
@@ -88,7 +90,7 @@ class DelegationRequest(BaseModel):
     @property
     def workflow_id(self) -> str:
         """The Temporal workflow id for this task: one decision per task."""
-        return f"delegation-{self.task_id}"
+        return workflow_id_for(self.task_id)
 
 
 class DelegationDecision(BaseModel):
@@ -118,14 +120,6 @@ class DelegationDecision(BaseModel):
             assignee = str(data["assignee_id"]).strip()
             data = {**data, "should_delegate": assignee != SELF_ID}
         return data
-
-
-class Verdict(NamedTuple):
-    """What a decider returns: the decision, how long the model took, and which program answered."""
-
-    decision: DelegationDecision
-    latency_ms: float
-    program_version: str
 
 
 class DecisionRecord(BaseModel):
@@ -197,7 +191,7 @@ class DelegationFeedback(BaseModel):
     @property
     def decision_workflow_id(self) -> str:
         """The id of the DelegationWorkflow the feedback is about."""
-        return self.workflow_id or f"delegation-{self.task_id}"
+        return self.workflow_id or workflow_id_for(self.task_id)
 
     @property
     def is_failure(self) -> bool:

@@ -9,12 +9,6 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-REOPTIMIZE_WORKFLOW_NAME = "ReoptimizeDelegationWorkflow"
-FEEDBACK_WORKFLOW_NAME = "RecordFeedbackWorkflow"
-# Optimization is long and CPU-bound: its own queue, so decisions never wait behind it.
-REOPTIMIZATION_TASK_QUEUE = "delegation-reoptimization"
-SCHEDULE_ID = "delegation-reoptimization-monthly"
-
 ReoptimizationOutcome = Literal["promoted", "rejected", "no_new_failures", "no_new_examples"]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -23,13 +22,3 @@ def schema_text(model: type[BaseModel]) -> str:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
-
-def write_schemas(out_dir: Path) -> list[Path]:
-    """Write every schema file into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for filename, model in SCHEMA_MODELS.items():
-        path = out_dir / filename
-        path.write_text(schema_text(model), encoding="utf-8")
-        written.append(path)
-    return written

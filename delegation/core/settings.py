@@ -1,22 +1,22 @@
 """Service settings, read from the environment and an env file (pydantic-settings).
 
 The env file is ``.env``, or ``.env.staging`` when ``APP_ENV=staging``; real
-environment variables win over it.
+environment variables win over it. Values only: this module imports nothing from the
+project but the constants of ``delegation.core.names``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from delegation.rollout.control import GuardrailLimits
+from delegation.core.names import DEFAULT_REOPTIMIZATION_TASK_QUEUE, DEFAULT_TASK_QUEUE
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def env_file_for(app_env: str | None = None) -> Path:
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
 
     temporal_address: str = Field(default="localhost:7233", alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
-    task_queue: str = Field(default="delegation", alias="TEMPORAL_TASK_QUEUE")
+    task_queue: str = Field(default=DEFAULT_TASK_QUEUE, alias="TEMPORAL_TASK_QUEUE")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
     bind_host: str = Field(default="127.0.0.1", alias="BIND_HOST")
 
@@ -62,14 +62,17 @@ class Settings(BaseSettings):
     llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
 
-    guardrail_window: int = Field(default=50, ge=1, le=10_000, alias="GUARDRAIL_WINDOW")
-    guardrail_min_decisions: int = Field(default=20, ge=1, le=10_000, alias="GUARDRAIL_MIN_DECISIONS")
-    guardrail_max_error_rate: float = Field(default=0.02, ge=0, le=1, alias="GUARDRAIL_MAX_ERROR_RATE")
-    guardrail_max_p95_latency_ms: float = Field(default=2000.0, gt=0, alias="GUARDRAIL_MAX_P95_LATENCY_MS")
+    # Unset: the guardrail's own defaults (``delegation.rollout.guardrail``: the go-live targets).
+    guardrail_window: int | None = Field(default=None, ge=1, le=10_000, alias="GUARDRAIL_WINDOW")
+    guardrail_min_decisions: int | None = Field(default=None, ge=1, le=10_000, alias="GUARDRAIL_MIN_DECISIONS")
+    guardrail_max_error_rate: float | None = Field(default=None, ge=0, le=1, alias="GUARDRAIL_MAX_ERROR_RATE")
+    guardrail_max_p95_latency_ms: float | None = Field(default=None, gt=0, alias="GUARDRAIL_MAX_P95_LATENCY_MS")
 
     reoptimize_margin: float = Field(default=0.02, ge=0, le=1, alias="REOPTIMIZE_MARGIN")
     review_confidence_below: float = Field(default=0.5, ge=0, le=1, alias="REVIEW_CONFIDENCE_BELOW")
-    reoptimization_task_queue: str = Field(default="delegation-reoptimization", alias="REOPTIMIZATION_TASK_QUEUE")
+    reoptimization_task_queue: str = Field(
+        default=DEFAULT_REOPTIMIZATION_TASK_QUEUE, alias="REOPTIMIZATION_TASK_QUEUE"
+    )
 
     feature_flags_file: Path | None = Field(default=None, alias="FEATURE_FLAGS_FILE")
     decision_log_file: Path | None = Field(default=None, alias="DECISION_LOG_FILE")
@@ -89,17 +92,6 @@ class Settings(BaseSettings):
     def _env_suffix(self) -> str:
         name = self.app_env.strip().lower()
         return "" if name in ("", "dev", "development", "local") else f".{name}"
-
-    def guardrail_limits(self) -> GuardrailLimits:
-        """The automatic rollback's thresholds."""
-        from delegation.rollout.control import GuardrailLimits
-
-        return GuardrailLimits(
-            window=self.guardrail_window,
-            min_decisions=self.guardrail_min_decisions,
-            max_error_rate=self.guardrail_max_error_rate,
-            max_p95_latency_ms=self.guardrail_max_p95_latency_ms,
-        )
 
     @property
     def decision_log_path(self) -> Path:

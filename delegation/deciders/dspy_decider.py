@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from delegation.core.models import MAX_REASONING_CHARS, DelegationDecision, DelegationRequest, Verdict, describe_validation_error
+from delegation.core.activity_io import DeciderResult
+from delegation.core.models import DelegationDecision, DelegationRequest, describe_validation_error
 from delegation.core.team import candidates_for
 from delegation.deciders.dspy_program import DelegationDecider, DelegationJSONAdapter
-from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError
-from delegation.deciders.policy import confidence_as_fraction, format_candidates, format_task
+from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError, llm_call_error
+from delegation.deciders.policy import clip_reason, confidence_as_fraction, format_candidates, format_task
 
 if TYPE_CHECKING:
     import dspy
@@ -107,30 +108,33 @@ class DSPyDecider:
     def program_version(self) -> str:
         return self._source.current.version
 
-    async def decide(self, request: DelegationRequest) -> Verdict:
-        """Return a decision validated against the request's candidates, and the latency in ms."""
+    async def decide(self, request: DelegationRequest) -> DeciderResult:
+        """A decision validated against the request's candidates; ``DeciderError`` when there is none."""
         import dspy
 
         loaded = self._source.current  # one program for the whole call, even if the champion changes meanwhile
         candidates = candidates_for(request)
         ids = {c.id for c in candidates}
         started = time.perf_counter()
-        with dspy.context(lm=self._lm, adapter=self._adapter):
-            prediction = await loaded.program.acall(
-                candidates=format_candidates(candidates),
-                task=format_task(request.title, request.description, request.priority),
-                candidate_ids=[c.id for c in candidates],
-            )
+        try:
+            with dspy.context(lm=self._lm, adapter=self._adapter):
+                prediction = await loaded.program.acall(
+                    candidates=format_candidates(candidates),
+                    task=format_task(request.title, request.description, request.priority),
+                    candidate_ids=[c.id for c in candidates],
+                )
+        except Exception as err:  # litellm's transport errors, and the adapter's parse failures
+            raise llm_call_error(err, self._endpoint.redact) from None
         latency_ms = (time.perf_counter() - started) * 1000
         try:
             decision = DelegationDecision.model_validate(
                 {
                     "assignee_id": str(prediction.assignee_id).strip(),
                     "confidence": confidence_as_fraction(prediction.confidence),
-                    "reasoning": str(prediction.reasoning or "")[:MAX_REASONING_CHARS],
+                    "reasoning": clip_reason(str(prediction.reasoning or "")),
                 },
                 context={"candidate_ids": ids},
             )
         except ValidationError as err:
             raise InvalidDecisionError(describe_validation_error(err, model_name="DSPy answer")) from None
-        return Verdict(decision, latency_ms, loaded.version)
+        return DeciderResult(decision=decision, program_version=loaded.version, model=self.model, latency_ms=latency_ms)

@@ -14,7 +14,7 @@ import dspy
 from dspy.adapters.utils import serialize_for_json
 
 from delegation.core.team import default_team
-from delegation.deciders.policy import POLICY, REASONING_HINT, REASONING_MAX_CHARS, format_candidates
+from delegation.deciders.policy import POLICY, REASONING_HINT, answer_format, format_candidates
 
 
 class DelegationSignature(dspy.Signature):
@@ -28,29 +28,6 @@ class DelegationSignature(dspy.Signature):
 
 
 DelegationSignature = DelegationSignature.with_instructions(POLICY)
-
-
-def answer_format(candidate_ids: Sequence[str] | None) -> dict[str, Any]:
-    """An OpenAI ``response_format`` for the answer: JSON with the candidate ids as an enum.
-
-    Servers that support JSON schemas (llama.cpp turns it into a grammar) then generate
-    exactly one compact object, with no parse-and-retry fallback. The enum steers; the
-    decider still checks the answer in code.
-    """
-    assignee: dict[str, Any] = {"type": "string"}
-    if candidate_ids:
-        assignee["enum"] = list(candidate_ids)
-    schema = {
-        "type": "object",
-        "properties": {
-            "assignee_id": assignee,
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "reasoning": {"type": "string", "maxLength": REASONING_MAX_CHARS},
-        },
-        "required": ["assignee_id", "confidence", "reasoning"],
-        "additionalProperties": False,
-    }
-    return {"type": "json_schema", "json_schema": {"name": "DelegationAnswer", "schema": schema}}
 
 
 # Shown in place of a demo's candidate list when it is the default team, whose ids the rules name.

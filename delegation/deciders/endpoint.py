@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from delegation.core.names import EMBEDDED_MODEL_NAME
 from delegation.core.settings import Settings
-from delegation.devstack.model_file import MODEL_NAME
 
 if TYPE_CHECKING:
     import dspy
@@ -59,7 +59,7 @@ def resolve_endpoint(settings: Settings) -> LLMEndpoint:
         return LLMEndpoint(
             base_url=settings.llm_base_url.rstrip("/"),
             api_key=key or _NO_KEY,
-            model=settings.llm_model or MODEL_NAME,
+            model=settings.llm_model or EMBEDDED_MODEL_NAME,
             timeout_s=settings.llm_timeout_s,
             max_tokens=settings.llm_max_tokens,
             embedded=False,
@@ -76,7 +76,7 @@ def resolve_endpoint(settings: Settings) -> LLMEndpoint:
     return LLMEndpoint(
         base_url=embedded_base_url(settings),
         api_key=_NO_KEY,
-        model=MODEL_NAME,
+        model=EMBEDDED_MODEL_NAME,
         timeout_s=settings.llm_timeout_s,
         max_tokens=settings.llm_max_tokens,
         embedded=True,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from delegation.core.models import DelegationRequest, Verdict
+from delegation.core.activity_io import DeciderResult
+from delegation.core.models import DelegationRequest
 
 
 class Decider(Protocol):
-    """Decides one request; ``program_version`` and ``model`` say what answered."""
+    """Decides one request; ``program_version`` and ``model`` say what answered.
+
+    ``decide`` raises ``DeciderError`` (``delegation.deciders.errors``) when it cannot decide.
+    """
 
     @property
     def program_version(self) -> str: ...
@@ -16,4 +20,4 @@ class Decider(Protocol):
     @property
     def model(self) -> str: ...
 
-    async def decide(self, request: DelegationRequest) -> Verdict: ...
+    async def decide(self, request: DelegationRequest) -> DeciderResult: ...

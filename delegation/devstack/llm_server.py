@@ -15,8 +15,9 @@ from pathlib import Path
 
 from loguru import logger
 
+from delegation.core.names import EMBEDDED_MODEL_NAME
 from delegation.core.settings import Settings, get_settings
-from delegation.devstack.model_file import MODEL_NAME, ensure_model_file
+from delegation.devstack.model_file import ensure_model_file
 
 
 class LocalServerError(RuntimeError):
@@ -45,12 +46,12 @@ def start_server(settings: Settings, path: Path) -> object:
     # n_parallel splits the context across slots: give each slot the configured window.
     params.n_ctx = settings.local_llm_ctx * settings.local_llm_parallel
     params.cache_prompt = True
-    params.model_alias = {MODEL_NAME}
+    params.model_alias = {EMBEDDED_MODEL_NAME}
     params.cpuparams.n_threads = settings.local_llm_threads
     params.cpuparams_batch.n_threads = settings.local_llm_threads
     params.warmup = True
     server = xllamacpp.Server(params)
-    logger.info("embedded LLM {} serving {} at {}", MODEL_NAME, path.name, server.listening_address)
+    logger.info("embedded LLM {} serving {} at {}", EMBEDDED_MODEL_NAME, path.name, server.listening_address)
     return server
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from loguru import logger
 
+from delegation.store.files import sha256_of
+
 MODEL_FILENAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
-MODEL_NAME = "qwen2.5-coder-1.5b-instruct"
 PART_COUNT = 22
 EXPECTED_SIZE = 1_117_320_768
 EXPECTED_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
@@ -42,15 +43,6 @@ def part_paths() -> list[Path]:
             raise ModelFileError(f"model chunk {path} is missing from its package")
         paths.append(path)
     return paths
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_model_file(path: Path) -> None:

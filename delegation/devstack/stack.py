@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from delegation.core.search_attributes import dev_server_flags
 from delegation.core.settings import PROJECT_ROOT, Settings
 from delegation.deciders.endpoint import resolve_endpoint
-from delegation.core.search_attributes import dev_server_flags
 
 
 class StackError(RuntimeError):
@@ -99,7 +99,7 @@ class Stack:
         pid_file, log_file = self._paths(name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+            process = subprocess.Popen(
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -240,10 +240,10 @@ class Stack:
 
 
 async def _temporal_healthy(address: str, namespace: str) -> bool:
-    from temporalio.client import Client
+    from delegation.workflows.client import TemporalUnreachable, connect
 
     try:
-        client = await asyncio.wait_for(Client.connect(address, namespace=namespace), timeout=3)
+        client = await connect(address, namespace, timeout_s=3)
         return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
-    except Exception:
+    except (TemporalUnreachable, TimeoutError, RuntimeError):
         return False

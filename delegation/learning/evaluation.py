@@ -12,8 +12,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from delegation.core.models import SELF_ID
-from delegation.learning.dataset import LabeledExample
 from delegation.deciders.protocol import Decider
+from delegation.learning.dataset import LabeledExample
+from delegation.rollout.arm_metrics import percentile
 
 
 class Outcome(BaseModel):
@@ -80,13 +81,13 @@ async def run_decider(
         async with slots:
             started = time.perf_counter()
             try:
-                decision, latency_ms, _ = await decider.decide(example.to_request())
+                result = await decider.decide(example.to_request())
                 outcome = Outcome(
                     example_id=example.id,
                     label=example.label,
-                    predicted=decision.assignee_id,
-                    confidence=decision.confidence,
-                    latency_ms=latency_ms,
+                    predicted=result.decision.assignee_id,
+                    confidence=result.decision.confidence,
+                    latency_ms=result.latency_ms,
                 )
             except Exception as err:  # an evaluation reports failures, it does not stop on them
                 outcome = Outcome(
@@ -102,22 +103,6 @@ async def run_decider(
         return outcome
 
     return list(await asyncio.gather(*(one(e) for e in examples)))
-
-
-def run_with_progress(decider: Decider, examples: Sequence[LabeledExample], console: Any, label: str) -> list[Outcome]:
-    """``run_decider`` from synchronous code, with a rich progress bar on ``console``."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task(label, total=len(examples))
-        return asyncio.run(run_decider(decider, examples, on_done=lambda _: progress.advance(bar)))
 
 
 def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str, model: str) -> EvaluationReport:
@@ -159,8 +144,8 @@ def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str
         error_rate=(n - len(answered)) / n if n else 0.0,
         avg_confidence=float(np.mean(confidences)) if confidences else None,
         brier_score=brier,
-        p50_latency_ms=float(np.percentile(latencies, 50)) if latencies else None,
-        p95_latency_ms=float(np.percentile(latencies, 95)) if latencies else None,
+        p50_latency_ms=percentile(latencies, 0.50),
+        p95_latency_ms=percentile(latencies, 0.95),
         per_assignee=per_assignee,
         confusion={label: dict(counts) for label, counts in sorted(confusion.items())},
     )

@@ -10,35 +10,57 @@ Prints exactly::
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dspy
-from rich.console import Console
 
 from delegation.core.team import candidates_for
-from delegation.learning.dataset import LabeledExample, dataset_sha256
-from delegation.deciders.dspy_decider import DSPyDecider, LoadedProgram
+from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram
 from delegation.deciders.dspy_program import (
     DelegationDecider,
     DelegationJSONAdapter,
     DelegationSignature,
 )
+from delegation.deciders.endpoint import LLMEndpoint
+from delegation.deciders.policy import format_candidates, format_task
+from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.learning.evaluation import (
     EvaluationReport,
     Outcome,
     exact_match,
-    run_with_progress,
+    run_decider,
     summarize,
 )
-from delegation.deciders.endpoint import LLMEndpoint
-from delegation.deciders.policy import format_candidates, format_task
 from delegation.learning.registry import ArtifactRegistry, Manifest
 
 OPTIMIZERS = ("bootstrap", "labeled", "random-search", "mipro")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Which optimizer, how many demos, which shuffle: the shipped champion's configuration by default."""
+
+    optimizer: str = "bootstrap"
+    max_demos: int = 8
+    seed: int = 7
+
+
+DEFAULT_OPTIMIZER_CONFIG = OptimizerConfig()
+
+
+class OptimizationProgress(Protocol):
+    """How the optimizer reports progress; the CLI renders it, activities pass ``None``."""
+
+    def phase(self, text: str, total: int | None = None) -> None:
+        """A new phase starts; ``total`` is the number of examples it decides, when it decides any."""
+
+    def advance(self) -> None:
+        """One example of the current phase is decided."""
 
 
 class OptimizationError(RuntimeError):
@@ -113,12 +135,15 @@ def evaluate_program(
     *,
     lm: dspy.LM,
     endpoint: LLMEndpoint,
-    console: Console,
-    label: str,
+    progress: OptimizationProgress | None = None,
+    label: str = "evaluating",
 ) -> tuple[EvaluationReport, list[Outcome]]:
-    """Run the program through the serving decider (same prompt, schema and validation) with a progress bar."""
+    """Run the program through the serving decider (same prompt, schema and validation)."""
     decider = DSPyDecider(lm, endpoint, LoadedProgram(program, version))
-    outcomes = run_with_progress(decider, examples, console, label)
+    if progress is not None:
+        progress.phase(label, total=len(examples))
+    on_done = (lambda _: progress.advance()) if progress is not None else None
+    outcomes = asyncio.run(run_decider(decider, examples, on_done=on_done))
     return summarize(outcomes, variant="dspy", program_version=version, model=endpoint.model), outcomes
 
 
@@ -129,10 +154,8 @@ def optimize(
     endpoint: LLMEndpoint,
     train: Sequence[LabeledExample],
     dev: Sequence[LabeledExample],
-    optimizer: str,
-    max_demos: int,
-    seed: int,
-    console: Console,
+    config: OptimizerConfig = DEFAULT_OPTIMIZER_CONFIG,
+    progress: OptimizationProgress | None = None,
     artifact_directory: Path | None = None,
     initial_status: str = "candidate",
     extra_params: dict[str, Any] | None = None,
@@ -142,13 +165,16 @@ def optimize(
     if not train or not dev:
         raise OptimizationError(f"need train and dev examples (got {len(train)} train, {len(dev)} dev)")
     registry.writable_folder(artifact_directory)  # refuse a bad folder now, not after an hour of compiling
-    with console.status(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples"):
-        program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed)
+    optimizer, max_demos, seed = config.optimizer, config.max_demos, config.seed
+    if progress is not None:
+        progress.phase(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples")
+    program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed)
     base, _ = evaluate_program(
-        DelegationDecider(), "dspy-base", dev, lm=lm, endpoint=endpoint, console=console, label="base on dev"
+        DelegationDecider(), BASE_PROGRAM_VERSION, dev, lm=lm, endpoint=endpoint, progress=progress,
+        label="base on dev",
     )
     optimized, _ = evaluate_program(
-        program, "candidate", dev, lm=lm, endpoint=endpoint, console=console, label="optimized on dev"
+        program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
     )
     parent = registry.champion()
     manifest = registry.write_version(

@@ -11,7 +11,6 @@ atomically, so promoting or rolling back never touches the git tree.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,17 +25,20 @@ from typing import Any, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from delegation.store.files import atomic_write_text
-from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, LoadedProgram, find_forbidden_lm_keys, load_program
+from delegation.deciders.dspy_decider import LoadedProgram, find_forbidden_lm_keys, load_program
 from delegation.deciders.errors import ProgramLoadError
+from delegation.store.files import atomic_write_text, sha256_of, write_atomically
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "artifacts"
 Status = Literal["candidate", "champion", "retired", "rejected"]
 _NAME = re.compile(r"^optimized_delegation_v(\d+)\.json$")
 
 
-class RegistryError(ValueError):
-    """A registry operation cannot be done; the message says why."""
+class RegistryError(ProgramLoadError):
+    """A registry operation cannot be done; the message says why.
+
+    A ``ProgramLoadError``: the serving side (``ChampionProgram``) keeps its last good program on it.
+    """
 
 
 class Manifest(BaseModel):
@@ -81,10 +83,6 @@ def program_filename(version: int) -> str:
 
 def manifest_filename(version: int) -> str:
     return f"optimized_delegation_v{version}.manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class ArtifactRegistry:
@@ -176,7 +174,7 @@ class ArtifactRegistry:
         if manifest.version != version:
             raise RegistryError(f"manifest of {path.name} says version {manifest.version}")
         content = path.read_bytes()
-        digest = hashlib.sha256(content).hexdigest()
+        digest = sha256_of(content)
         if digest != manifest.sha256:
             raise RegistryError(f"{path.name} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…")
         try:
@@ -233,26 +231,19 @@ class ArtifactRegistry:
             version = self.next_version()
             target = folder / program_filename(version)
             manifest_path = folder / manifest_filename(version)
-            fd, tmp_name = tempfile.mkstemp(prefix=".program-", suffix=".json", dir=folder)
-            os.close(fd)
-            tmp = Path(tmp_name)
+            content = _servable_state(program, folder)
+            manifest = Manifest.model_validate(
+                {**manifest_fields, "version": version, "sha256": sha256_of(content), "created_at": datetime.now(UTC)}
+            )
             try:
-                program.save(str(tmp))
-                load_program(tmp)  # refuse now what serving would refuse later
-                manifest = Manifest.model_validate(
-                    {**manifest_fields, "version": version, "sha256": sha256_file(tmp), "created_at": datetime.now(UTC)}
-                )
-                try:
-                    os.link(tmp, target)  # fails if the version exists: no overwrite, ever
-                except FileExistsError:
-                    raise RegistryError(f"{target} already exists; versions are never overwritten") from None
-                try:
-                    atomic_write_text(manifest_path, manifest.model_dump_json(indent=2) + "\n")
-                except BaseException:
-                    target.unlink(missing_ok=True)
-                    raise
-            finally:
-                tmp.unlink(missing_ok=True)
+                write_atomically(target, lambda handle: handle.write(content), exclusive=True)
+            except FileExistsError:
+                raise RegistryError(f"{target} already exists; versions are never overwritten") from None
+            try:
+                atomic_write_text(manifest_path, manifest.model_dump_json(indent=2) + "\n")
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
         logger.info("wrote artifact version {} to {}", version, target)
         return manifest
 
@@ -299,52 +290,14 @@ class ArtifactRegistry:
         return target
 
 
-class ChampionProgram:
-    """Serves the champion and follows the pointer without a restart; a bad artifact never replaces a good one."""
-
-    def __init__(self, registry: ArtifactRegistry) -> None:
-        self.registry = registry
-        self._lock = threading.Lock()
-        self._stamp: object = ("never",)  # differs from any pointer stamp, including None (no file)
-        self._loaded = LoadedProgram(program=_base_program(), version=BASE_PROGRAM_VERSION)
-        self._serving: int | None = None
-        self.refresh()
-
-    def refresh(self) -> LoadedProgram:
-        """Reload when the pointer changed; on any failure log it and keep serving the last good program.
-
-        Only the pointer file can change the champion at run time (shipped versions change with
-        the code), so one ``stat`` per decision is the whole cost when nothing changed.
-        """
-        stamp = self.registry.pointer_stamp()
-        if stamp == self._stamp:
-            return self._loaded
-        with self._lock:
-            if stamp == self._stamp:
-                return self._loaded
-            self._stamp = stamp
-            try:
-                version = self.registry.champion()
-            except RegistryError as err:
-                logger.error("artifact registry unreadable, still serving {}: {}", self._loaded.version, err)
-                return self._loaded
-            if version is None or version == self._serving:
-                return self._loaded
-            try:
-                loaded = self.registry.load(version)
-            except RegistryError as err:
-                logger.error("refusing artifact version {}: {}; still serving {}", version, err, self._loaded.version)
-                return self._loaded
-            logger.info("now serving DSPy program {} (was {})", loaded.version, self._loaded.version)
-            self._loaded, self._serving = loaded, version
-            return loaded
-
-    @property
-    def current(self) -> LoadedProgram:
-        return self.refresh()
-
-
-def _base_program() -> Any:
-    from delegation.deciders.dspy_program import DelegationDecider
-
-    return DelegationDecider()
+def _servable_state(program: Any, folder: Path) -> bytes:
+    """The program's saved state, refused now if serving would refuse it later."""
+    fd, name = tempfile.mkstemp(prefix=".program-", suffix=".json", dir=folder)
+    os.close(fd)
+    path = Path(name)
+    try:
+        program.save(str(path))  # dspy writes to a path, not a stream
+        load_program(path)
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)

@@ -36,7 +36,6 @@ from typing import NamedTuple
 from loguru import logger
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from delegation.store.files import atomic_write_text, write_atomically
 from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.core.reoptimization import TrainingSetResult
 from delegation.core.team import candidates_for
@@ -48,6 +47,7 @@ from delegation.learning.dataset import (
     load_examples,
     text_keys,  # the checker's own text key, so what dedup lets in the checker accepts
 )
+from delegation.store.files import atomic_write_text, sha256_of, write_atomically
 
 FEEDBACK_ID_PREFIX = "fb-"
 _DATA_NAME = re.compile(r"^train_v(\d+)\.jsonl$")
@@ -165,10 +165,6 @@ def manifest_filename(version: int) -> str:
     return f"train_v{version}.manifest.json"
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _serialize(examples: Sequence[LabeledExample]) -> str:
     # Dataset format: assignees omitted for the default team; one example per line.
     return "".join(
@@ -243,7 +239,7 @@ class TrainingSetStore:
     def _load_verified(self, manifest: TrainingSetManifest) -> list[LabeledExample]:
         path = self.directory / data_filename(manifest.version)
         try:
-            digest = _sha256(path.read_bytes())
+            digest = sha256_of(path.read_bytes())
         except OSError as err:
             raise TrainingSetError(f"training set file {path} cannot be read ({err.strerror})") from None
         if digest != manifest.sha256:
@@ -263,7 +259,7 @@ class TrainingSetStore:
         return TrainingSetResult(
             version=0,
             path=str(self.base_dataset),
-            sha256=_sha256(self.base_dataset.read_bytes()),
+            sha256=sha256_of(self.base_dataset.read_bytes()),
             train_size=len(self._base_train()),
             added=0,
             duplicates=0,
@@ -358,7 +354,7 @@ class TrainingSetStore:
 
             examples = carried + added
             text = _serialize(examples)
-            digest = _sha256(text.encode("utf-8"))
+            digest = sha256_of(text.encode("utf-8"))
             parent_sha = manifests[parent].sha256 if parent else None
             unchanged = digest == parent_sha or (parent == 0 and not added)
             if unchanged:
@@ -378,7 +374,7 @@ class TrainingSetStore:
                 created_at=datetime.now(UTC),
                 parent_version=parent,
                 run_key=run_key,
-                base_dataset_sha256=_sha256(base_bytes),
+                base_dataset_sha256=sha256_of(base_bytes),
                 train_size=len(examples),
                 added=[e.id for e in added],
                 duplicates=duplicates,
@@ -443,14 +439,3 @@ class TrainingSetStore:
         for path in self.directory.iterdir():
             if path.name.startswith(_TEMP_PREFIX):
                 path.unlink(missing_ok=True)
-
-    def orphans(self) -> list[Path]:
-        """Data files without a manifest: writes that crashed before committing (ignored)."""
-        committed = set(self.manifests())
-        if not self.directory.is_dir():
-            return []
-        return sorted(
-            path
-            for path in self.directory.iterdir()
-            if (match := _DATA_NAME.match(path.name)) and int(match.group(1)) not in committed
-        )

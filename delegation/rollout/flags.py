@@ -26,9 +26,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from delegation.store.files import atomic_write_text
 from delegation.core.models import describe_validation_error
 from delegation.core.settings import env_file_for, get_settings
+from delegation.store.files import atomic_write_text
 
 FLAG_NAMES = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS", "DSPY_GUARDRAIL_ENABLED")
 

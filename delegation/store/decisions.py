@@ -18,8 +18,8 @@ from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from delegation.store.files import append_line
 from delegation.core.models import DecisionRecord, DelegationFeedback, FeedbackReceipt, Variant
+from delegation.store.files import append_line
 
 TRAINING_DATA_MARKER = "TRAINING_DATA"
 
@@ -45,7 +45,6 @@ CREATE TABLE IF NOT EXISTS decisions (
     PRIMARY KEY (workflow_id, run_id)
 );
 CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
-CREATE INDEX IF NOT EXISTS decisions_variant ON decisions (variant);
 CREATE TABLE IF NOT EXISTS feedback (
     workflow_id TEXT NOT NULL,
     run_id TEXT NOT NULL,
@@ -182,15 +181,6 @@ class DecisionStore:
                 "SELECT record_json FROM decisions WHERE workflow_id = ? ORDER BY decided_at", (workflow_id,)
             ).fetchall()
         return [DecisionRecord.model_validate_json(row[0]) for row in rows]
-
-    def count(self, workflow_id: str | None = None) -> int:
-        """How many records are stored (for one workflow id, or in all)."""
-        with self._connect() as conn:
-            if workflow_id is None:
-                (n,) = conn.execute("SELECT COUNT(*) FROM decisions").fetchone()
-            else:
-                (n,) = conn.execute("SELECT COUNT(*) FROM decisions WHERE workflow_id = ?", (workflow_id,)).fetchone()
-        return int(n)
 
     # ---- feedback ---------------------------------------------------------------------------
 

@@ -1,12 +1,18 @@
-"""Atomic file writes (standard library only): readers see the old file or the new one, never a part."""
+"""File helpers (standard library only): atomic writes, whole-line appends, content hashes.
+
+Atomic: readers see the old file or the new one, never a part.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+_HASH_BLOCK = 8 * 1024 * 1024
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, exclusive: bool = False) -> None:
@@ -28,6 +34,17 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, exclusi
             os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def sha256_of(source: Path | bytes) -> str:
+    """The SHA-256 hex digest of some bytes, or of a file's content (read in 8 MiB blocks)."""
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
@@ -17,15 +17,16 @@ from temporalio.worker import Worker
 
 from delegation.activities.deciders import DeciderActivities
 from delegation.activities.feedback import FeedbackActivities
-from delegation.activities.flags import FlagActivities, Guardrail
+from delegation.activities.flags import FlagActivities
 from delegation.activities.recording import RecordActivities
-from delegation.rollout.flags import FeatureFlagProvider
-from delegation.rollout.control import GuardrailLimits, RolloutControl
 from delegation.core.settings import Settings, env_file_for, get_settings
-from delegation.deciders.protocol import Decider
-from delegation.store.decisions import DecisionStore
 from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
-from delegation.core.converter import DATA_CONVERTER
+from delegation.deciders.protocol import Decider
+from delegation.rollout.control import RolloutControl
+from delegation.rollout.flags import FeatureFlagProvider
+from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
+from delegation.store.decisions import DecisionStore
+from delegation.workflows.client import connect
 from delegation.workflows.delegation import DelegationWorkflow
 from delegation.workflows.feedback import RecordFeedbackWorkflow
 
@@ -65,8 +66,9 @@ def configure_logging(level: str = "INFO") -> None:
 
 def program_source(settings: Settings) -> ProgramSource:
     """``DSPY_PROGRAM_PATH`` pins one program file; otherwise the registry's champion, followed live."""
+    from delegation.deciders.champion import ChampionProgram
     from delegation.deciders.dspy_decider import load_program
-    from delegation.learning.registry import ArtifactRegistry, ChampionProgram
+    from delegation.learning.registry import ArtifactRegistry
 
     if settings.dspy_program_path is not None:
         return load_program(settings.dspy_program_path)
@@ -75,11 +77,10 @@ def program_source(settings: Settings) -> ProgramSource:
 
 def build_dependencies(settings: Settings) -> WorkerDependencies:
     """Real deciders against the configured endpoint, the SQLite store and the live flags."""
-    from delegation.deciders.dspy_decider import DSPyDecider
-    from delegation.deciders.instructor_decider import InstructorDecider
-    from delegation.deciders.endpoint import build_async_openai, build_dspy_lm
-
     from delegation.activities.reoptimization import ReoptimizationActivities
+    from delegation.deciders.dspy_decider import DSPyDecider
+    from delegation.deciders.endpoint import build_async_openai, build_dspy_lm
+    from delegation.deciders.instructor_decider import InstructorDecider
     from delegation.learning.dataset import DEFAULT_DATASET
     from delegation.learning.registry import ArtifactRegistry
     from delegation.learning.training_set import TrainingSetStore
@@ -98,7 +99,7 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
         flags=FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)),
         audit_log=settings.rollout_audit_path,
         environment=settings.app_env,
-        guardrail_limits=settings.guardrail_limits(),
+        guardrail_limits=guardrail_limits(settings),
         reoptimization=ReoptimizationActivities(
             store=store,
             registry=ArtifactRegistry(settings.artifact_dir),
@@ -256,9 +257,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 120.0)
         await warm_up(deps)
-    client = await Client.connect(
-        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
-    )
+    client = await connect(settings.temporal_address, settings.temporal_namespace)
     async with running_workers(client, deps, settings):
         await stop.wait()
         logger.info("shutting down: finishing in-flight tasks")

@@ -1,32 +1,53 @@
-"""Helpers for upstream services: connect with the right converter and start a decision."""
+"""Helpers for upstream services: connect with the right converter, start a decision, send feedback.
+
+Imports only the wire contract (``delegation.core``) and temporalio: a caller that starts
+decisions pulls in none of the deciders' libraries (DSPy, litellm, Instructor, openai) nor
+the worker's (loguru, sqlite3). Workflows are started by name.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from delegation.core.models import DecisionRecord, DelegationFeedback, DelegationRequest, FeedbackReceipt
-from delegation.core.reoptimization import FEEDBACK_WORKFLOW_NAME
+from delegation.core import names
 from delegation.core.converter import DATA_CONVERTER
-from delegation.workflows.delegation import TASK_QUEUE, WORKFLOW_NAME, DelegationWorkflow
+from delegation.core.models import DecisionRecord, DelegationFeedback, DelegationRequest, FeedbackReceipt
+
+# Connecting to an unroutable address can hang on TCP; a refused port fails at once.
+CONNECT_TIMEOUT_S = 15.0
 
 
-async def connect(address: str = "localhost:7233", namespace: str = "default") -> Client:
-    """A Temporal client using the service's pydantic data converter."""
-    return await Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER)
+class TemporalUnreachable(ConnectionError):
+    """No Temporal server answered at the address within the timeout."""
+
+
+async def connect(
+    address: str = "localhost:7233", namespace: str = "default", *, timeout_s: float = CONNECT_TIMEOUT_S
+) -> Client:
+    """A Temporal client using the service's pydantic data converter; ``TemporalUnreachable`` after ``timeout_s``."""
+    try:
+        return await asyncio.wait_for(
+            Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER), timeout_s
+        )
+    except (RuntimeError, TimeoutError) as err:
+        detail = str(err) or f"no answer within {timeout_s:.0f} s"
+        raise TemporalUnreachable(f"cannot reach Temporal at {address} ({detail})") from None
 
 
 async def start_delegation(
     client: Client,
     request: DelegationRequest,
     *,
-    task_queue: str = TASK_QUEUE,
+    task_queue: str = names.DEFAULT_TASK_QUEUE,
     request_eager_start: bool = True,
     execution_timeout: timedelta | None = None,
-) -> WorkflowHandle[DelegationWorkflow, DecisionRecord]:
+) -> WorkflowHandle[Any, DecisionRecord]:
     """Start ``DelegationWorkflow`` for a request (id ``delegation-<task_id>``) and return its handle.
 
     The request is validated before anything is sent. Sending the same task again while
@@ -35,7 +56,7 @@ async def start_delegation(
     """
     request = DelegationRequest.model_validate(request.model_dump())
     return await client.start_workflow(
-        WORKFLOW_NAME,
+        names.DELEGATION_WORKFLOW,
         request,
         id=request.workflow_id,
         task_queue=task_queue,
@@ -56,11 +77,11 @@ async def decide(client: Client, request: DelegationRequest, **kwargs: object) -
 def feedback_workflow_id(feedback: DelegationFeedback) -> str:
     """One workflow id per distinct piece of feedback on a decision: repeats attach to the same id."""
     digest = hashlib.sha256(feedback.model_dump_json().encode()).hexdigest()[:16]
-    return f"feedback-{feedback.decision_workflow_id}-{digest}"
+    return f"{names.FEEDBACK_WORKFLOW_ID_PREFIX}{feedback.decision_workflow_id}-{digest}"
 
 
 async def send_feedback(
-    client: Client, feedback: DelegationFeedback, *, task_queue: str = TASK_QUEUE
+    client: Client, feedback: DelegationFeedback, *, task_queue: str = names.DEFAULT_TASK_QUEUE
 ) -> FeedbackReceipt:
     """Record feedback on a decision through ``RecordFeedbackWorkflow`` and return the receipt.
 
@@ -69,7 +90,7 @@ async def send_feedback(
     """
     feedback = DelegationFeedback.model_validate(feedback.model_dump())
     handle = await client.start_workflow(
-        FEEDBACK_WORKFLOW_NAME,
+        names.FEEDBACK_WORKFLOW,
         feedback,
         id=feedback_workflow_id(feedback),
         task_queue=task_queue,

@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from delegation.activities.deciders import DeciderActivities
     from delegation.activities.flags import FlagActivities
     from delegation.activities.recording import RecordActivities
+    from delegation.core import names
     from delegation.core.activity_io import DecideInput, DeciderResult, RecordInput, RoutingChoice, RoutingInput
     from delegation.core.models import DecisionRecord, DelegationRequest, Variant
     from delegation.core.search_attributes import (
@@ -25,9 +26,6 @@ with workflow.unsafe.imports_passed_through():
         DELEGATION_PROGRAM_VERSION,
         DELEGATION_VARIANT,
     )
-
-WORKFLOW_NAME = "DelegationWorkflow"
-TASK_QUEUE = "delegation"
 
 FLAGS_TIMEOUT = timedelta(seconds=10)
 RECORD_TIMEOUT = timedelta(seconds=30)
@@ -59,14 +57,14 @@ def _failure_message(err: BaseException) -> str:
     return str(cause or err)
 
 
-@workflow.defn(name=WORKFLOW_NAME)
+@workflow.defn(name=names.DELEGATION_WORKFLOW)
 class DelegationWorkflow:
     """Decides who handles one task and records the decision."""
 
     def __init__(self) -> None:
         self._record: DecisionRecord | None = None
 
-    @workflow.query(name="decision")
+    @workflow.query(name=names.DECISION_QUERY)
     def decision(self) -> DecisionRecord | None:
         """The decision record, once there is one."""
         return self._record

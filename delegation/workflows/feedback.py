@@ -16,8 +16,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from delegation.activities.feedback import FeedbackActivities
+    from delegation.core import names
     from delegation.core.models import DelegationFeedback, FeedbackReceipt
-    from delegation.core.reoptimization import FEEDBACK_WORKFLOW_NAME
 
 FEEDBACK_TIMEOUT = timedelta(seconds=30)
 FEEDBACK_RETRY = RetryPolicy(
@@ -28,7 +28,7 @@ FEEDBACK_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn(name=FEEDBACK_WORKFLOW_NAME)
+@workflow.defn(name=names.FEEDBACK_WORKFLOW)
 class RecordFeedbackWorkflow:
     """Stores the feedback and returns what storing it did."""
 

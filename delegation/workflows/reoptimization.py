@@ -13,8 +13,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from delegation.activities.reoptimization import ReoptimizationActivities
+    from delegation.core import names
     from delegation.core.reoptimization import (
-        REOPTIMIZE_WORKFLOW_NAME,
         ChallengerInput,
         CollectInput,
         EvaluateInput,
@@ -43,14 +43,14 @@ LONG_RETRY = RetryPolicy(
 )
 
 
-@workflow.defn(name=REOPTIMIZE_WORKFLOW_NAME)
+@workflow.defn(name=names.REOPTIMIZE_WORKFLOW)
 class ReoptimizeDelegationWorkflow:
     """Re-optimizes the DSPy decider on failed decisions; promotes the challenger only when it is better."""
 
     def __init__(self) -> None:
         self._progress = "starting"
 
-    @workflow.query(name="progress")
+    @workflow.query(name=names.PROGRESS_QUERY)
     def progress(self) -> str:
         """The step the run is at."""
         return self._progress

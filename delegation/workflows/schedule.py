@@ -45,15 +45,14 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from delegation.core.reoptimization import (
-    REOPTIMIZATION_TASK_QUEUE,
-    REOPTIMIZE_WORKFLOW_NAME,
+from delegation.core.names import (
+    DEFAULT_REOPTIMIZATION_TASK_QUEUE,
+    REOPTIMIZE_WORKFLOW,
     SCHEDULE_ID,
-    ReoptimizeInput,
+    SCHEDULED_WORKFLOW_ID_PREFIX,
 )
+from delegation.core.reoptimization import ReoptimizeInput
 
-WORKFLOW_ID = "delegation-reoptimization"
-"""Prefix of the started workflows' ids; Temporal appends ``-<scheduled time>``."""
 TIME_ZONE = "UTC"
 EXECUTION_TIMEOUT = timedelta(hours=6)
 # After an outage of the server, still start a missed monthly run if it is at most a day late;
@@ -127,12 +126,12 @@ class ScheduleInfo(BaseModel):
 
 
 def schedule_definition(
-    task_queue: str = REOPTIMIZATION_TASK_QUEUE, *, workflow_id: str = WORKFLOW_ID
+    task_queue: str = DEFAULT_REOPTIMIZATION_TASK_QUEUE, *, workflow_id: str = SCHEDULED_WORKFLOW_ID_PREFIX
 ) -> Schedule:
     """The schedule: start ``ReoptimizeDelegationWorkflow`` at 03:00:00 UTC on day 1 of every month."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            REOPTIMIZE_WORKFLOW_NAME,  # by name: the schedule does not import workflow code
+            REOPTIMIZE_WORKFLOW,  # by name: the schedule does not import workflow code
             ReoptimizeInput(),
             id=workflow_id,
             task_queue=task_queue,
@@ -160,8 +159,8 @@ async def create_or_update(
     client: Client,
     *,
     schedule_id: str = SCHEDULE_ID,
-    task_queue: str = REOPTIMIZATION_TASK_QUEUE,
-    workflow_id: str = WORKFLOW_ID,
+    task_queue: str = DEFAULT_REOPTIMIZATION_TASK_QUEUE,
+    workflow_id: str = SCHEDULED_WORKFLOW_ID_PREFIX,
 ) -> Literal["created", "updated"]:
     """Create the schedule, or replace the existing one's definition (idempotent, never a second schedule).
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
 from delegation.core.models import DelegationRequest
 from delegation.core.team import default_team
-from delegation.store.decisions import DecisionStore
 from delegation.deciders.endpoint import LLMEndpoint
+from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.store.decisions import DecisionStore
 from delegation.worker.main import build_dependencies, build_worker
 from delegation.workflows.client import decide
 

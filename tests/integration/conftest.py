@@ -15,16 +15,16 @@ from dspy.utils import DummyLM
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
 from delegation.core.models import DecisionRecord, DelegationRequest
-from delegation.store.decisions import DecisionStore
 from delegation.deciders.dspy_decider import DSPyDecider, load_program
-from delegation.deciders.instructor_decider import InstructorDecider
 from delegation.deciders.endpoint import build_async_openai
-from tests.support.factories import endpoint_for
-from tests.support.scripted_openai import Responder, ScriptedOpenAI
+from delegation.deciders.instructor_decider import InstructorDecider
+from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.store.decisions import DecisionStore
 from delegation.worker.main import WorkerDependencies, build_worker
 from delegation.workflows.client import start_delegation
+from tests.support.factories import endpoint_for
+from tests.support.scripted_openai import Responder, ScriptedOpenAI
 
 HISTORIES_DIR = Path(__file__).resolve().parents[1] / "histories"
 
@@ -45,7 +45,7 @@ class Harness:
         write_flags_file(self.flags_file, values, updated_by="test")
 
     def request(self, title: str, **kwargs: object) -> DelegationRequest:
-        name = kwargs.pop("name", title.split()[0].lower())
+        name = kwargs.pop("name", title.split(maxsplit=1)[0].lower())
         return DelegationRequest.model_validate({"task_id": f"{self.prefix}-{name}", "title": title, **kwargs})
 
     async def start(self, request: DelegationRequest) -> WorkflowHandle:

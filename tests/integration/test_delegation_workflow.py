@@ -11,9 +11,6 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from delegation.core.models import DecisionRecord
-from delegation.store.decisions import DecisionStore
-from tests.integration.conftest import save_history
-from tests.support.scripted_openai import error, last_user_text, routing_answer
 from delegation.core.search_attributes import (
     DELEGATION_ASSIGNEE,
     DELEGATION_CONFIDENCE,
@@ -21,6 +18,10 @@ from delegation.core.search_attributes import (
     DELEGATION_PROGRAM_VERSION,
     DELEGATION_VARIANT,
 )
+from delegation.store.decisions import DecisionStore
+from tests.integration.conftest import save_history
+from tests.support.scripted_openai import error, last_user_text, routing_answer
+from tests.support.store_queries import count_decisions
 
 
 def by_title(**answers: str):  # type: ignore[no-untyped-def]
@@ -61,7 +62,7 @@ async def test_instructor_route_records_once_and_sets_search_attributes(harness,
 
         queried = await handle.query("decision", result_type=DecisionRecord)
         assert queried == record
-        assert h.store.count(handle.id) == 1
+        assert count_decisions(h.store, handle.id) == 1
         lines = [json.loads(line) for line in h.log_lines()]
         assert [(line["marker"], line["workflow_id"]) for line in lines] == [("TRAINING_DATA", handle.id)]
         await save_history(handle, f"instructor_route_{mode}")
@@ -136,7 +137,7 @@ async def test_dspy_failure_falls_back_to_instructor(harness, mode: str) -> None
         attributes = (await handle.describe()).typed_search_attributes
         assert attributes.get(DELEGATION_FALLBACK) is True
         assert attributes.get(DELEGATION_VARIANT) == "instructor"
-        assert h.store.count(handle.id) == 1
+        assert count_decisions(h.store, handle.id) == 1
         await save_history(handle, f"dspy_fallback_{mode}")
 
 
@@ -178,7 +179,7 @@ async def test_retried_record_activity_writes_once(harness, tmp_path: Path) -> N
     async with harness(by_title(Hiring="people-ops"), [], store=store) as h:
         record = await h.decide(h.request("Hiring plan for two engineers", name="hire"))
         assert store.calls == 2, "the record activity must have been retried"
-        assert store.count(record.workflow_id) == 1
+        assert count_decisions(store, record.workflow_id) == 1
         assert len(h.log_lines()) == 1
 
 
@@ -186,7 +187,7 @@ async def test_logging_flag_off_stores_without_log_line(harness) -> None:  # typ
     async with harness(by_title(Printer="it-ops-agent"), []) as h:
         h.set_flags(LOG_DELEGATION_DECISIONS=False)
         record = await h.decide(h.request("Printer on floor 2 is jammed", name="pr"))
-        assert h.store.count(record.workflow_id) == 1
+        assert count_decisions(h.store, record.workflow_id) == 1
         assert h.log_lines() == []
 
 

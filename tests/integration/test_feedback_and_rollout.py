@@ -19,20 +19,21 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from delegation.cli.main import app
-from delegation.rollout.flags import FeatureFlagProvider
 from delegation.core.models import DelegationFeedback
-from delegation.rollout.control import GUARDRAIL_ACTOR, GuardrailLimits, RolloutControl
 from delegation.core.settings import get_settings
-from delegation.store.decisions import DecisionStore
 from delegation.deciders.dspy_decider import DSPyDecider, load_program
-from delegation.deciders.instructor_decider import InstructorDecider
 from delegation.deciders.endpoint import build_async_openai
+from delegation.deciders.instructor_decider import InstructorDecider
+from delegation.rollout.control import GUARDRAIL_ACTOR, RolloutControl
+from delegation.rollout.flags import FeatureFlagProvider
+from delegation.rollout.guardrail import GuardrailLimits
+from delegation.store.decisions import DecisionStore
+from delegation.worker.main import WorkerDependencies, build_worker
+from delegation.workflows.client import send_feedback
 from tests.integration.conftest import Harness
 from tests.integration.test_delegation_workflow import by_title
 from tests.support.factories import endpoint_for
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
-from delegation.worker.main import WorkerDependencies, build_worker
-from delegation.workflows.client import send_feedback
 
 runner = CliRunner()
 

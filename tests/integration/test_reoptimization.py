@@ -20,15 +20,15 @@ from temporalio.testing import WorkflowEnvironment
 from delegation.activities.reoptimization import ReoptimizationActivities
 from delegation.core.models import DelegationFeedback, DelegationRequest
 from delegation.core.reoptimization import ReoptimizeInput, ReoptimizeReport
-from delegation.learning.dataset import DEFAULT_DATASET, load_examples
-from delegation.store.decisions import DecisionStore
 from delegation.deciders.endpoint import build_dspy_lm
+from delegation.learning.dataset import DEFAULT_DATASET, load_examples
 from delegation.learning.registry import ArtifactRegistry
 from delegation.learning.training_set import TrainingSetStore
-from tests.support.factories import decision_record, endpoint_for
-from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
+from delegation.store.decisions import DecisionStore
 from delegation.worker.main import build_reoptimization_worker
 from delegation.workflows.reoptimization import ReoptimizeDelegationWorkflow
+from tests.support.factories import decision_record, endpoint_for
+from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 pytestmark = pytest.mark.asyncio
 

@@ -22,11 +22,8 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from typer.testing import CliRunner, Result
 
 from delegation.cli.schedule_commands import schedule_app
-from delegation.core.reoptimization import (
-    REOPTIMIZE_WORKFLOW_NAME,
-    ReoptimizeInput,
-    ReoptimizeReport,
-)
+from delegation.core.names import REOPTIMIZE_WORKFLOW
+from delegation.core.reoptimization import ReoptimizeInput, ReoptimizeReport
 from delegation.workflows import schedule as reopt_schedule
 from delegation.workflows.schedule import ScheduleNotFound
 
@@ -35,7 +32,7 @@ T = TypeVar("T")
 runner = CliRunner()
 
 
-@workflow.defn(name=REOPTIMIZE_WORKFLOW_NAME)
+@workflow.defn(name=REOPTIMIZE_WORKFLOW)
 class StandInReoptimizeWorkflow:
     """Takes what the schedule sends and waits for ``release``, so a test can overlap a second start with it."""
 
@@ -136,7 +133,7 @@ async def test_describe_shows_the_monthly_calendar(temporal_env: WorkflowEnviron
     assert info.time_zone == "UTC"
     assert info.overlap_policy == "SKIP"
     assert info.catchup_window == timedelta(days=1)
-    assert info.workflow == REOPTIMIZE_WORKFLOW_NAME
+    assert info.workflow == REOPTIMIZE_WORKFLOW
     assert info.workflow_id == names.workflow_id
     assert info.task_queue == names.task_queue
     assert info.execution_timeout == timedelta(hours=6)
@@ -200,7 +197,7 @@ async def test_trigger_starts_a_run_that_completes_and_skips_while_running(
 
         handle = client.get_workflow_handle(run.workflow_id, run_id=run.run_id, result_type=ReoptimizeReport)
         described = await handle.describe()
-        assert described.workflow_type == REOPTIMIZE_WORKFLOW_NAME
+        assert described.workflow_type == REOPTIMIZE_WORKFLOW
         assert described.task_queue == names.task_queue
         await handle.signal(StandInReoptimizeWorkflow.release)
         report = await asyncio.wait_for(handle.result(), 30)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from delegation.core.settings import Settings
 from delegation.core.search_attributes import ALL_KEYS
+from delegation.core.settings import Settings
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from temporalio.exceptions import ApplicationError
 
+from delegation.core.converter import DATA_CONVERTER, INVALID_INPUT_ERROR
 from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
 from tests.support.factories import decision_record
-from delegation.core.converter import DATA_CONVERTER, INVALID_INPUT_ERROR
 
 CONVERTER = DATA_CONVERTER.payload_converter
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from delegation.cli.main import write_schemas
 from delegation.core.models import DecisionRecord, DelegationRequest
-from delegation.core.schemas import SCHEMA_MODELS, schema_text, write_schemas
+from delegation.core.schemas import SCHEMA_MODELS, schema_text
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 def test_committed_schema_matches_model(filename: str, model: type) -> None:
     assert SCHEMA_MODELS[filename] is model
     committed = (SCHEMA_DIR / filename).read_text(encoding="utf-8")
-    assert committed == schema_text(model), f"schemas/{filename} is stale: regenerate it with delegation.core.schemas.write_schemas"
+    assert committed == schema_text(model), f"schemas/{filename} is stale: regenerate it with `delegation schemas export`"
 
 
 def test_every_schema_model_has_a_committed_file() -> None:

@@ -31,7 +31,8 @@ def test_module_prints_and_carries_the_policy() -> None:
 
 async def test_answer_becomes_a_validated_decision_with_the_base_version() -> None:
     decider, lm = _decider([{"assignee_id": "legal-counsel", "confidence": 0.8, "reasoning": "Rule 1: a contract."}])
-    decision, latency_ms, _ = await decider.decide(request("Renew the lease agreement"))
+    result = await decider.decide(request("Renew the lease agreement"))
+    decision, latency_ms = result.decision, result.latency_ms
     assert decision.assignee_id == "legal-counsel"
     assert decision.confidence == pytest.approx(0.8)
     assert decision.should_delegate is True
@@ -49,7 +50,7 @@ async def test_out_of_list_answer_is_refused() -> None:
     with pytest.raises(InvalidDecisionError) as caught:
         await decider.decide(steered)
     assert "assignee_id" in str(caught.value)
-    failure = as_application_error(caught.value, endpoint_for("http://127.0.0.1:9/v1"), "dspy")
+    failure = as_application_error(caught.value, "dspy", endpoint_for("http://127.0.0.1:9/v1").redact)
     assert failure.type == "InvalidDecision" and failure.non_retryable
 
 
@@ -67,7 +68,7 @@ async def test_concurrent_calls_use_their_own_context() -> None:
         "Database is down": {"assignee_id": "backend-engineer", "confidence": 0.9, "reasoning": "outage"},
     })
     a, b = await asyncio.gather(decider.decide(request("Book the venue")), decider.decide(request("Database is down")))
-    assert (a[0].assignee_id, b[0].assignee_id) == ("self", "backend-engineer")
+    assert (a.decision.assignee_id, b.decision.assignee_id) == ("self", "backend-engineer")
     assert dspy.settings.lm is None, "the decider must not configure DSPy globally"
 
 

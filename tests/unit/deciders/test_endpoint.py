@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from delegation.core.names import EMBEDDED_MODEL_NAME
 from delegation.core.settings import Settings
 from delegation.deciders.endpoint import OPENAI_BASE_URL, build_async_openai, build_dspy_lm, resolve_endpoint
-from delegation.devstack.model_file import MODEL_NAME
 from delegation.worker.main import decider_activity, llm_concurrency
 
 KEY = "sk-live-abcdef123456"
@@ -34,7 +34,7 @@ def test_llm_api_key_wins_over_openai_api_key() -> None:
 
 def test_nothing_configured_means_the_embedded_model_on_loopback() -> None:
     endpoint = resolve_endpoint(_settings(LOCAL_LLM_PORT=8123))
-    assert endpoint.embedded and endpoint.base_url == "http://127.0.0.1:8123/v1" and endpoint.model == MODEL_NAME
+    assert endpoint.embedded and endpoint.base_url == "http://127.0.0.1:8123/v1" and endpoint.model == EMBEDDED_MODEL_NAME
 
 
 def test_the_key_never_prints_and_is_redacted_from_errors() -> None:

@@ -8,8 +8,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from delegation.activities.deciders import as_application_error
-from delegation.deciders.instructor_decider import MAX_REASKS, InstructorDecider
 from delegation.deciders.endpoint import build_async_openai
+from delegation.deciders.instructor_decider import MAX_REASKS, InstructorDecider
 from delegation.deciders.policy import POLICY
 from tests.support.factories import CUSTOM_TEAM, TEST_API_KEY, endpoint_for, request
 from tests.support.scripted_openai import ScriptedOpenAI, error, last_user_text, routing_answer
@@ -22,7 +22,8 @@ def _decider(server: ScriptedOpenAI) -> InstructorDecider:
 
 async def test_valid_answer_becomes_a_decision_and_the_request_carries_policy_and_schema() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("backend-engineer", 0.85)) as server:
-        decision, latency_ms, _ = await _decider(server).decide(request())
+        result = await _decider(server).decide(request())
+    decision, latency_ms = result.decision, result.latency_ms
     assert decision.assignee_id == "backend-engineer"
     assert decision.should_delegate is True
     assert decision.confidence == pytest.approx(0.85)
@@ -41,7 +42,7 @@ async def test_valid_answer_becomes_a_decision_and_the_request_carries_policy_an
 
 async def test_self_means_no_delegation() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("self", 0.7)) as server:
-        decision, _, _ = await _decider(server).decide(request("Translate this email into French"))
+        decision = (await _decider(server).decide(request("Translate this email into French"))).decision
     assert decision.assignee_id == "self"
     assert decision.should_delegate is False
 
@@ -49,7 +50,7 @@ async def test_self_means_no_delegation() -> None:
 async def test_out_of_list_answer_is_re_asked_then_accepted() -> None:
     answers = iter([routing_answer("ceo"), routing_answer("legal-counsel")])
     with ScriptedOpenAI(lambda _: next(answers)) as server:
-        decision, _, _ = await _decider(server).decide(request("Review the NDA"))
+        decision = (await _decider(server).decide(request("Review the NDA"))).decision
     assert decision.assignee_id == "legal-counsel"
     assert len(server.requests) == 2
     # The re-ask tells the model what was wrong.
@@ -66,7 +67,7 @@ async def test_steering_text_never_yields_an_id_outside_the_candidates() -> None
         with pytest.raises(Exception) as caught:
             await _decider(server).decide(steered)
     assert len(server.requests) == MAX_REASKS + 1
-    failure = as_application_error(caught.value, endpoint_for(server.base_url), "instructor")
+    failure = as_application_error(caught.value, "instructor", endpoint_for(server.base_url).redact)
     assert failure.type == "InvalidDecision"
     assert failure.non_retryable is True
     assert "attacker-agent" not in failure.message
@@ -78,7 +79,7 @@ async def test_steering_text_never_yields_an_id_outside_the_candidates() -> None
 
 async def test_confidence_as_a_percentage_is_read_as_a_fraction() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("finance-manager", 90)) as server:
-        decision, _, _ = await _decider(server).decide(request("Pay the invoice"))
+        decision = (await _decider(server).decide(request("Pay the invoice"))).decision
     assert decision.confidence == pytest.approx(0.9)
 
 
@@ -87,7 +88,7 @@ async def test_http_failures_are_classified_for_temporal_retries(status: int, re
     with ScriptedOpenAI(lambda _: error(status, f"boom with key {TEST_API_KEY}")) as server:
         with pytest.raises(Exception) as caught:
             await _decider(server).decide(request())
-        failure = as_application_error(caught.value, endpoint_for(server.base_url), "instructor")
+        failure = as_application_error(caught.value, "instructor", endpoint_for(server.base_url).redact)
     assert len(server.requests) == 1, "the OpenAI client must not retry: Temporal owns transport retries"
     assert isinstance(failure, ApplicationError)
     assert failure.non_retryable is (not retryable)
@@ -100,5 +101,5 @@ async def test_unreachable_endpoint_is_retryable() -> None:
     decider = InstructorDecider(build_async_openai(endpoint), endpoint)
     with pytest.raises(Exception) as caught:
         await decider.decide(request())
-    failure = as_application_error(caught.value, endpoint, "instructor")
+    failure = as_application_error(caught.value, "instructor", endpoint.redact)
     assert failure.non_retryable is False

@@ -34,7 +34,7 @@ def test_directory_instead_of_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_wrong_size_is_refused(model_file: Path) -> None:
-    assert local_model.EXPECTED_SIZE != len(CONTENT)
+    assert len(CONTENT) != local_model.EXPECTED_SIZE
     with pytest.raises(ModelFileError) as info:
         verify_model_file(model_file)
     message = str(info.value)
@@ -47,7 +47,7 @@ def test_wrong_size_is_refused(model_file: Path) -> None:
 def test_wrong_sha256_is_refused(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local_model, "EXPECTED_SIZE", len(CONTENT))
     real = hashlib.sha256(CONTENT).hexdigest()
-    assert local_model.EXPECTED_SHA256 != real
+    assert real != local_model.EXPECTED_SHA256
     with pytest.raises(ModelFileError) as info:
         verify_model_file(model_file)
     message = str(info.value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from delegation.core.models import DelegationDecision, DelegationRequest, Verdict
+from delegation.core.activity_io import DeciderResult
+from delegation.core.models import DelegationDecision, DelegationRequest
 from delegation.learning.dataset import LabeledExample
 from delegation.learning.evaluation import Outcome, exact_match, mcnemar_test, run_decider, summarize
 
@@ -146,12 +147,12 @@ class StubDecider:
         self.failing_title = failing_title
         self.seen: list[str] = []
 
-    async def decide(self, request: DelegationRequest) -> Verdict:
+    async def decide(self, request: DelegationRequest) -> DeciderResult:
         self.seen.append(request.title)
         if request.title == self.failing_title:
             raise RuntimeError("model returned garbage")
         decision = DelegationDecision(assignee_id=self.answers[request.title], confidence=0.75, reasoning="stub")
-        return Verdict(decision, 12.5, self.program_version)
+        return DeciderResult(decision=decision, program_version=self.program_version, model=self.model, latency_ms=12.5)
 
 
 EXAMPLES = [

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import dspy
 import pytest
 from dspy.utils import DummyLM
-from rich.console import Console
 
 from delegation.core.team import default_team
-from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature
+from delegation.deciders.policy import format_candidates
+from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.learning.optimizer import (
     OptimizationError,
+    OptimizerConfig,
     compile_program,
     optimize,
     relative_improvement,
     to_dspy_example,
 )
-from delegation.deciders.policy import format_candidates
 from delegation.learning.registry import ArtifactRegistry
 from tests.support.factories import CUSTOM_TEAM, endpoint_for
 
@@ -44,10 +43,6 @@ def _always_right_lm(examples: list[LabeledExample]) -> DummyLM:
         e.title: {"assignee_id": e.label, "confidence": 0.9, "reasoning": "scripted"} for e in examples
     }
     return DummyLM(answers, adapter=dspy.JSONAdapter())
-
-
-def _quiet_console() -> Console:
-    return Console(file=io.StringIO())
 
 
 def _demo_titles(program: DelegationDecider) -> list[str]:
@@ -127,7 +122,7 @@ def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) ->
 
     result = optimize(
         registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
-        optimizer="labeled", max_demos=2, seed=7, console=_quiet_console(),
+        config=OptimizerConfig("labeled", max_demos=2, seed=7),
     )
 
     # both programs were run on every dev example through the LM
@@ -173,7 +168,7 @@ def test_optimize_records_base_and_optimized_scores_separately(tmp_path: Path) -
 
     result = optimize(
         registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
-        optimizer="labeled", max_demos=3, seed=7, console=_quiet_console(),
+        config=OptimizerConfig("labeled", max_demos=3, seed=7),
     )
 
     assert result.base.accuracy == pytest.approx(0.5)
@@ -189,12 +184,12 @@ def test_optimize_records_the_champion_as_parent(tmp_path: Path) -> None:
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
     common = {
         "registry": registry, "endpoint": endpoint_for("http://127.0.0.1:9/v1"), "train": TRAIN, "dev": DEV,
-        "optimizer": "labeled", "max_demos": 2, "seed": 7,
+        "config": OptimizerConfig("labeled", max_demos=2, seed=7),
     }
-    optimize(lm=_always_right_lm(TRAIN + DEV), console=_quiet_console(), **common)  # type: ignore[arg-type]
+    optimize(lm=_always_right_lm(TRAIN + DEV), **common)  # type: ignore[arg-type]
     registry.promote(1)
 
-    second = optimize(lm=_always_right_lm(TRAIN + DEV), console=_quiet_console(), **common)  # type: ignore[arg-type]
+    second = optimize(lm=_always_right_lm(TRAIN + DEV), **common)  # type: ignore[arg-type]
 
     assert second.manifest.version == 2
     assert second.manifest.parent_version == 1
@@ -210,7 +205,7 @@ def test_optimize_without_examples_writes_nothing(
     with pytest.raises(OptimizationError, match="need train and dev examples"):
         optimize(
             registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=train, dev=dev,
-            optimizer="labeled", max_demos=2, seed=7, console=_quiet_console(),
+            config=OptimizerConfig("labeled", max_demos=2, seed=7),
         )
     assert registry.versions() == []
     assert not registry.artifact_dir.exists() or list(registry.artifact_dir.iterdir()) == []
@@ -225,7 +220,7 @@ def test_a_folder_outside_the_registry_is_refused_before_any_llm_call(tmp_path: 
     with pytest.raises(RegistryError, match="versions are written to"):
         optimize(
             registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
-            optimizer="labeled", max_demos=2, seed=7, console=_quiet_console(),
+            config=OptimizerConfig("labeled", max_demos=2, seed=7),
             artifact_directory=tmp_path / "elsewhere",
         )
     assert lm.history == []

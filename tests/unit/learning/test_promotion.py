@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from delegation.activities.reoptimization import promotion_verdict
 from delegation.core.reoptimization import EvaluateResult, Scores
+from delegation.learning.promotion import promotion_verdict
 
 
 def scores(dev: float, test: float, dev_err: float = 0.0, test_err: float = 0.0, version: str = "v") -> Scores:

@@ -12,11 +12,11 @@ import pytest
 from dspy.utils import DummyLM
 from pydantic import ValidationError
 
+from delegation.deciders.champion import ChampionProgram
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature
 from delegation.learning.registry import (
     ArtifactRegistry,
-    ChampionProgram,
     Manifest,
     RegistryError,
     manifest_filename,

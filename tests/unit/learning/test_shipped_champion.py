@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from delegation.learning.registry import BUILTIN_DIR, ArtifactRegistry, ChampionProgram
+from delegation.deciders.champion import ChampionProgram
+from delegation.learning.registry import BUILTIN_DIR, ArtifactRegistry
 
 
 def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:

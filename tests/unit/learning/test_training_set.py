@@ -22,6 +22,7 @@ from delegation.learning.training_set import (
     manifest_filename,
     redact,
 )
+from tests.support.store_queries import orphan_training_files
 
 BASE_TRAIN = load_examples(DEFAULT_DATASET, split="train")
 OWN_TEAM = [
@@ -241,14 +242,14 @@ def test_a_version_without_manifest_is_ignored_and_replaced(store: TrainingSetSt
     orphan.write_text('{"id": "half-writ')
     (store.directory / ".train_v1.jsonl.abc123").write_text("stale temp")
     assert store.latest().version == 0
-    assert store.orphans() == [orphan]
+    assert orphan_training_files(store) == [orphan]
     with pytest.raises(TrainingSetError, match="no training set version 1"):
         store.load(1)
 
     result = store.extend("run-1", [_failed(1)])
     assert (result.version, result.added) == (1, 1)
     assert store.load(1)[-1].id == example_id_for("delegation-task-1:run-1")
-    assert store.orphans() == []
+    assert orphan_training_files(store) == []
     assert not (store.directory / ".train_v1.jsonl.abc123").exists()
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from delegation.rollout.bucketing import BUCKET_COUNT, choose_variant, rollout_bucket
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 KEYS = [f"user-{i}" for i in range(10_000)]
 BUCKETS = {key: rollout_bucket(key) for key in KEYS}
 
@@ -54,7 +54,7 @@ def test_ramp_is_sticky_keys_on_dspy_stay_on_dspy() -> None:
 
 def test_every_percentage_step_only_adds_keys() -> None:
     previous: set[str] = set()
-    for percentage in range(0, 101):
+    for percentage in range(101):
         current = _on_dspy(percentage)
         assert previous <= current, f"a key left DSPy when the rollout went up to {percentage}%"
         previous = current

@@ -14,20 +14,16 @@ from typer.testing import CliRunner
 from delegation.activities.flags import FlagActivities, Guardrail
 from delegation.cli.main import app
 from delegation.core.activity_io import RoutingInput
+from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
+from delegation.core.settings import get_settings
+from delegation.rollout.arm_metrics import is_arm_error
+from delegation.rollout.control import GUARDRAIL_ACTOR, RolloutControl
 from delegation.rollout.flags import (
     FeatureFlagProvider,
     flags_file_updated_at,
     get_feature_flags,
 )
-from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
-from delegation.rollout.control import (
-    GUARDRAIL_ACTOR,
-    GuardrailLimits,
-    RolloutControl,
-    check_guardrail,
-    is_dspy_error,
-)
-from delegation.core.settings import get_settings
+from delegation.rollout.guardrail import GuardrailLimits, check_guardrail
 from delegation.store.decisions import DecisionStore
 from tests.support.factories import decision_record
 
@@ -105,9 +101,9 @@ def test_only_the_window_is_judged() -> None:
 def test_a_fallback_counts_as_an_error() -> None:
     fallback = _dspy(0, fallback=True)
     assert fallback.decision is not None, "the fallback did produce a decision (Instructor's)"
-    assert is_dspy_error(fallback)
-    assert is_dspy_error(_dspy(1, ok=False))
-    assert not is_dspy_error(_dspy(2))
+    assert is_arm_error(fallback)
+    assert is_arm_error(_dspy(1, ok=False))
+    assert not is_arm_error(_dspy(2))
     records = [_dspy(0, fallback=True), _dspy(1, fallback=True)] + [_dspy(i) for i in range(2, 50)]
     verdict = check_guardrail(records, LIMITS)
     assert verdict.tripped and "2 of 50" in verdict.reason
@@ -219,7 +215,7 @@ def test_last_guardrail_trip_lasts_until_an_operator_sets_the_rollout(control: R
     assert found == trip and found is not None and found.reason.startswith("error rate")
 
     # Switching the guardrail itself is not a rollout move: the trip still stands.
-    control.set_guardrail(True, who="alice@host")
+    control.change("flags set", {"DSPY_GUARDRAIL_ENABLED": True}, who="alice@host")
     assert control.last_guardrail_trip() == trip
 
     control.set_percentage(10, who="alice@host", reason="try again")

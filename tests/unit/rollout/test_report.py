@@ -15,6 +15,7 @@ from statsmodels.stats.proportion import proportion_confint, proportions_ztest
 from typer.testing import CliRunner
 
 from delegation.cli.report_commands import parse_since, report_command
+from delegation.cli.report_view import plot_report, render_report
 from delegation.core.models import DelegationDecision, DelegationFeedback
 from delegation.core.settings import get_settings
 from delegation.rollout.report import (
@@ -22,9 +23,7 @@ from delegation.rollout.report import (
     Estimate,
     build_report,
     compare_proportions,
-    plot_report,
     quantile_with_interval,
-    render_report,
     wilson,
 )
 from delegation.store.decisions import DecisionStore, StoredDecision
