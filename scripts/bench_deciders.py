@@ -16,14 +16,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import delegation  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
 from delegation.cli.learning_commands import _decider, _ensure_endpoint, _load, _run
 from delegation.core.settings import get_settings
+from delegation.core.targets import ERROR_RATE_TARGET, IMPROVEMENT_TARGET
 from delegation.learning.dataset import DEFAULT_DATASET
 from delegation.learning.evaluation import mcnemar_test, summarize
 from delegation.learning.optimizer import relative_improvement
 
 console = Console(width=150)
+# Issue 3's latency bound for DSPy against the baseline (the plan's own bound is LATENCY_TARGET_MS).
+MAX_P50_RATIO = 1.5
 
 
 def main(
@@ -44,15 +46,31 @@ def main(
     ):
         decider = _decider(settings, variant, program)
         outcomes = _run(decider, examples, f"{label} on {len(examples)} {split} examples")
-        runs[label] = (outcomes, summarize(outcomes, variant=variant, program_version=decider.program_version,
-                                           model=decider.model))
-    table = Table("decider", "program", "accuracy", "error rate", "avg confidence", "Brier", "p50 ms", "p95 ms",
-                  title=f"Deciders on the {split} split ({len(examples)} examples, model {runs['Instructor'][1].model})")
+        runs[label] = (
+            outcomes,
+            summarize(outcomes, variant=variant, program_version=decider.program_version, model=decider.model),
+        )
+    table = Table(
+        "decider",
+        "program",
+        "accuracy",
+        "error rate",
+        "avg confidence",
+        "Brier",
+        "p50 ms",
+        "p95 ms",
+        title=f"Deciders on the {split} split ({len(examples)} examples, model {runs['Instructor'][1].model})",
+    )
     for label, (_, report) in runs.items():
         table.add_row(
-            label, report.program_version, f"{report.accuracy:.1%}", f"{report.error_rate:.1%}",
-            f"{report.avg_confidence or 0:.2f}", f"{report.brier_score or 0:.3f}",
-            f"{report.p50_latency_ms or 0:.0f}", f"{report.p95_latency_ms or 0:.0f}",
+            label,
+            report.program_version,
+            f"{report.accuracy:.1%}",
+            f"{report.error_rate:.1%}",
+            f"{report.avg_confidence or 0:.2f}",
+            f"{report.brier_score or 0:.3f}",
+            f"{report.p50_latency_ms or 0:.0f}",
+            f"{report.p95_latency_ms or 0:.0f}",
         )
     console.print(table)
     base = runs["DSPy base module"][1]
@@ -65,13 +83,25 @@ def main(
     def verdict(ok: bool) -> str:
         return "[green]met[/]" if ok else "[red]missed[/]"
 
-    console.print(f"optimized vs base: {improvement:+.1f}% relative (target >= +15%): {verdict(improvement >= 15)}")
-    console.print(f"optimized vs Instructor accuracy: {optimized.accuracy:.1%} vs {instructor.accuracy:.1%} "
-                  f"(target: at least as accurate): {verdict(optimized.accuracy >= instructor.accuracy)}")
-    console.print(f"DSPy error rate {optimized.error_rate:.1%} (target < 2%): {verdict(optimized.error_rate < 0.02)}")
-    console.print(f"DSPy p50 / Instructor p50 = {ratio:.2f} (target <= 1.5): {verdict(ratio <= 1.5)}")
-    console.print(f"McNemar exact, optimized vs Instructor: only DSPy right {test.only_a_right}, "
-                  f"only Instructor right {test.only_b_right}, p = {test.p_value:.3f}")
+    target = IMPROVEMENT_TARGET * 100
+    console.print(
+        f"optimized vs base: {improvement:+.1f}% relative (target > +{target:.0f}%): {verdict(improvement > target)}"
+    )
+    console.print(
+        f"optimized vs Instructor accuracy: {optimized.accuracy:.1%} vs {instructor.accuracy:.1%} "
+        f"(target: at least as accurate): {verdict(optimized.accuracy >= instructor.accuracy)}"
+    )
+    console.print(
+        f"DSPy error rate {optimized.error_rate:.1%} (target < {ERROR_RATE_TARGET:.0%}): "
+        f"{verdict(optimized.error_rate < ERROR_RATE_TARGET)}"
+    )
+    console.print(
+        f"DSPy p50 / Instructor p50 = {ratio:.2f} (target <= {MAX_P50_RATIO}): {verdict(ratio <= MAX_P50_RATIO)}"
+    )
+    console.print(
+        f"McNemar exact, optimized vs Instructor: only DSPy right {test.only_a_right}, "
+        f"only Instructor right {test.only_b_right}, p = {test.p_value:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ from rich.table import Table
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from delegation.core.converter import DATA_CONVERTER
 from delegation.core.activity_io import DeciderResult
+from delegation.core.converter import DATA_CONVERTER
 from delegation.core.models import DelegationDecision, DelegationRequest
 from delegation.core.search_attributes import ALL_KEYS
 from delegation.deciders.endpoint import LLMEndpoint
 from delegation.devstack.stack import temporal_binary
+from delegation.rollout.arm_metrics import percentile
 from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import WorkerDependencies, build_worker
@@ -47,12 +48,6 @@ class InstantDecider:
     async def decide(self, request: DelegationRequest) -> DeciderResult:
         decision = DelegationDecision(assignee_id="self", confidence=1.0, reasoning="bench")
         return DeciderResult(decision=decision, program_version="instant", model="none", latency_ms=0.0)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def _request(i: int, run: str) -> DelegationRequest:
@@ -93,23 +88,28 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
     try:
         for mode in ("local", "remote"):
             task_queue = f"bench-{uuid.uuid4().hex}"
-            worker = build_worker(env.client, deps, task_queue=task_queue, llm_concurrency=200, llm_timeout_s=10,
-                                  decider_activity=mode)  # type: ignore[arg-type]
+            worker = build_worker(
+                env.client, deps, task_queue=task_queue, llm_concurrency=200, llm_timeout_s=10, decider_activity=mode
+            )  # type: ignore[arg-type]
             async with worker:
                 for eager in (True, False):
                     label = f"workflow, {mode} decider activity, {'eager' if eager else 'plain'} start"
                     run = uuid.uuid4().hex[:8]
                     # Warm-up: connection, sandbox and caches.
                     for i in range(10):
-                        await (await start_delegation(env.client, _request(i, run + "w"), task_queue=task_queue,
-                                                      request_eager_start=eager)).result()
+                        await (
+                            await start_delegation(
+                                env.client, _request(i, run + "w"), task_queue=task_queue, request_eager_start=eager
+                            )
+                        ).result()
                     latencies: list[float] = []
                     with Progress(console=console, transient=True) as progress:
                         bar = progress.add_task(label, total=sequential)
                         for i in range(sequential):
                             started = time.perf_counter()
-                            handle = await start_delegation(env.client, _request(i, run), task_queue=task_queue,
-                                                            request_eager_start=eager)
+                            handle = await start_delegation(
+                                env.client, _request(i, run), task_queue=task_queue, request_eager_start=eager
+                            )
                             await handle.result()
                             latencies.append((time.perf_counter() - started) * 1000)
                             progress.advance(bar)
@@ -117,11 +117,14 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
 
                     run = uuid.uuid4().hex[:8]
                     started = time.perf_counter()
-                    handles = await asyncio.gather(*(
-                        start_delegation(env.client, _request(i, run + "c"), task_queue=task_queue,
-                                         request_eager_start=eager)
-                        for i in range(concurrent)
-                    ))
+                    handles = await asyncio.gather(
+                        *(
+                            start_delegation(
+                                env.client, _request(i, run + "c"), task_queue=task_queue, request_eager_start=eager
+                            )
+                            for i in range(concurrent)
+                        )
+                    )
                     await asyncio.gather(*(h.result() for h in handles))
                     throughput[label] = concurrent / (time.perf_counter() - started)
         # The floor: the same three steps with nothing in them, on the same server and SDK.
@@ -135,7 +138,10 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
                 for i in range(10 + sequential):
                     started = time.perf_counter()
                     handle = await env.client.start_workflow(
-                        FloorWorkflow.run, "x", id=f"floor-{uuid.uuid4().hex}", task_queue=task_queue,
+                        FloorWorkflow.run,
+                        "x",
+                        id=f"floor-{uuid.uuid4().hex}",
+                        task_queue=task_queue,
                         request_eager_start=eager,
                     )
                     await handle.result()
@@ -147,16 +153,23 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
         await env.shutdown()
 
     direct_p50 = statistics.median(direct)
-    table = Table(title=f"DelegationWorkflow orchestration overhead: instant decider, {sequential} sequential "
-                        f"decisions, rollout {rollout} %")
+    table = Table(
+        title=f"DelegationWorkflow orchestration overhead: instant decider, {sequential} sequential "
+        f"decisions, rollout {rollout} %"
+    )
     for column in ("path", "p50 ms", "p99 ms", "overhead p50 ms", f"throughput, {concurrent} concurrent"):
         table.add_column(column, justify="right" if column != "path" else "left")
-    table.add_row("decider called directly", f"{direct_p50:.3f}", f"{_percentile(direct, 99):.3f}", "-", "-")
+    table.add_row("decider called directly", f"{direct_p50:.3f}", f"{percentile(direct, 0.99) or 0:.3f}", "-", "-")
     for label, values in rows.items():
         p50 = statistics.median(values)
         rate = throughput[label]
-        table.add_row(label, f"{p50:.1f}", f"{_percentile(values, 99):.1f}", f"{p50 - direct_p50:.1f}",
-                      "-" if rate != rate else f"{rate:.0f} decisions/s")
+        table.add_row(
+            label,
+            f"{p50:.1f}",
+            f"{percentile(values, 0.99) or 0:.1f}",
+            f"{p50 - direct_p50:.1f}",
+            "-" if rate != rate else f"{rate:.0f} decisions/s",
+        )
     console.print(table)
     best = min(statistics.median(v) for k, v in rows.items() if not k.startswith("floor")) - direct_p50
     verdict = "meets" if best <= 30 else "misses"

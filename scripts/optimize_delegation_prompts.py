@@ -1,11 +1,10 @@
 """Optimize the DSPy delegation decider (same as `delegation optimize`).
 
-    python scripts/optimize_delegation_prompts.py [--optimizer bootstrap] [--max-demos 8] [--seed 7]
+python scripts/optimize_delegation_prompts.py [--optimizer bootstrap] [--max-demos 8] [--seed 7]
 """
 
 import typer
 
-import delegation  # noqa: F401  - pins litellm/DSPy to their bundled metadata before they load
 from delegation.cli.learning_commands import optimize_command
 
 if __name__ == "__main__":

@@ -45,9 +45,7 @@ async def drill(tasks: list[LabeledExample], percentage: int, feedback_share: fl
         bar = progress.add_task("decisions", total=len(tasks))
         for example in tasks:
             request = example.to_request()
-            request = DelegationRequest.model_validate(
-                {**request.model_dump(), "task_id": f"drill-{run}-{example.id}"}
-            )
+            request = DelegationRequest.model_validate({**request.model_dump(), "task_id": f"drill-{run}-{example.id}"})
             handle = await start_delegation(client, request, task_queue=settings.task_queue)
             try:
                 decided.append((example, await handle.result()))

@@ -72,7 +72,11 @@ class DeciderActivities:
             self._slots.release()
         logger.info(
             "{} decided {} -> {} ({:.0f} ms, {})",
-            variant, data.workflow_id, result.decision.assignee_id, result.latency_ms, result.program_version,
+            variant,
+            data.workflow_id,
+            result.decision.assignee_id,
+            result.latency_ms,
+            result.program_version,
         )
         return result
 

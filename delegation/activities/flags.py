@@ -40,7 +40,9 @@ class FlagActivities:
         """Current flags, the key's bucket and the chosen variant."""
         reading = self._provider.read()
         if reading.error:
-            logger.error("feature flags rejected: {}; keeping the last good flags {}", reading.error, reading.flags.as_env())
+            logger.error(
+                "feature flags rejected: {}; keeping the last good flags {}", reading.error, reading.flags.as_env()
+            )
         flags = reading.flags
         guardrail_reason = None
         if self._guardrail is not None and flags.dspy_guardrail_enabled:

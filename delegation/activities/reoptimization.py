@@ -139,7 +139,10 @@ class ReoptimizationActivities:
             raise ApplicationError(str(err), type="RegistryError", non_retryable=True) from None
         logger.info(
             "re-optimization: {} failed decisions with a correct assignee since {}, {} without one, {} for review",
-            len(failed), since or "the beginning", without_assignee, len(review),
+            len(failed),
+            since or "the beginning",
+            without_assignee,
+            len(review),
         )
         return CollectResult(
             since=since,
@@ -234,9 +237,16 @@ class ReoptimizationActivities:
             failed = Counter((o.error or "").split(":", 1)[0] for o in outcomes if o.error)
             if failed:
                 # The scores carry only rates; say what failed (error types only, never task text).
-                logger.warning("{} on {} examples: {} errors {}", program.version, len(examples), sum(failed.values()),
-                               dict(failed))
-            reports.append(summarize(outcomes, variant="dspy", program_version=program.version, model=self._endpoint.model))
+                logger.warning(
+                    "{} on {} examples: {} errors {}",
+                    program.version,
+                    len(examples),
+                    sum(failed.values()),
+                    dict(failed),
+                )
+            reports.append(
+                summarize(outcomes, variant="dspy", program_version=program.version, model=self._endpoint.model)
+            )
         return Scores(
             version=program.version,
             dev_accuracy=reports[0].accuracy,
@@ -254,9 +264,7 @@ class ReoptimizationActivities:
         try:
             challenger = self._registry.load(data.challenger_version)
             champion = (
-                self._registry.load(data.champion_version)
-                if data.champion_version is not None
-                else load_program(None)
+                self._registry.load(data.champion_version) if data.champion_version is not None else load_program(None)
             )
         except RegistryError as err:
             raise ApplicationError(str(err), type="RegistryError", non_retryable=True) from None
@@ -286,7 +294,9 @@ class ReoptimizationActivities:
             self._registry.promote(data.challenger_version, reason=reason)
         else:
             self._registry.set_status(data.challenger_version, "rejected", reason)
-        logger.info("challenger version {} {}: {}", data.challenger_version, "promoted" if promoted else "rejected", reason)
+        logger.info(
+            "challenger version {} {}: {}", data.challenger_version, "promoted" if promoted else "rejected", reason
+        )
         return PromotionResult(
             promoted=promoted, reason=reason, margin=margin, champion_version=self._registry.champion()
         )
@@ -301,4 +311,3 @@ class ReoptimizationActivities:
             self._store.record_reoptimization, report.run_key, report.until, report.model_dump_json(), datetime.now(UTC)
         )
         return FinishResult(stored=stored)
-

@@ -21,7 +21,9 @@ from delegation.workflows.client import connect, start_delegation
 def sample_requests(run_id: str, limit: int | None = None) -> list[DelegationRequest]:
     """The bundled sample tasks, with task ids unique to this run (one workflow per task)."""
     raw = json.loads(resources.files("delegation.cli").joinpath("data/sample_tasks.json").read_text(encoding="utf-8"))
-    requests = [DelegationRequest.model_validate({**item, "task_id": f"demo-{run_id}-{item['task_id']}"}) for item in raw]
+    requests = [
+        DelegationRequest.model_validate({**item, "task_id": f"demo-{run_id}-{item['task_id']}"}) for item in raw
+    ]
     return requests[:limit] if limit else requests
 
 
@@ -51,7 +53,9 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
         with console.status("warming the embedded model's prompt cache (first start only costs ~30 s)"):
             await warm_up(deps)
     flags = FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)).read()
-    console.print(f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})")
+    console.print(
+        f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})"
+    )
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     requests = sample_requests(time.strftime("%Y%m%d%H%M%S"), limit)
     results: list[tuple[DelegationRequest, DecisionRecord | None, str | None]] = []
@@ -69,12 +73,16 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
 
             results = list(await asyncio.gather(*(one(h) for h in handles)))
         _print_results(console, results)
-        console.print(f"\nTemporal UI: http://{settings.bind_host}:{settings.temporal_ui_port}  "
-                      "(search: DelegationVariant=\"dspy\")")
+        console.print(
+            f"\nTemporal UI: http://{settings.bind_host}:{settings.temporal_ui_port}  "
+            '(search: DelegationVariant="dspy")'
+        )
         console.print("decision log: tail -f logs/delegation_decisions.log | grep TRAINING_DATA")
         if serve:
-            console.print(f"[bold]worker serving task queues {settings.task_queue!r} and "
-                          f"{settings.reoptimization_task_queue!r}; Ctrl-C to stop[/]")
+            console.print(
+                f"[bold]worker serving task queues {settings.task_queue!r} and "
+                f"{settings.reoptimization_task_queue!r}; Ctrl-C to stop[/]"
+            )
             stop = asyncio.Event()
             import signal
 
@@ -85,7 +93,9 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
     return 1 if any(error for _, _, error in results) else 0
 
 
-def _print_results(console: Console, results: list[tuple[DelegationRequest, DecisionRecord | None, str | None]]) -> None:
+def _print_results(
+    console: Console, results: list[tuple[DelegationRequest, DecisionRecord | None, str | None]]
+) -> None:
     table = Table("task", "variant", "assignee", "confidence", "latency", title="Decisions")
     for request, record, error in results:
         decision = record.decision if record else None

@@ -30,15 +30,19 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @data_app.command("check")
-def data_check(paths: Annotated[list[Path] | None, typer.Argument(help="JSONL files (default: the bundled set).")] = None) -> None:
+def data_check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="JSONL files (default: the bundled set).")] = None,
+) -> None:
     """Reject malformed lines, unknown or out-of-list labels, duplicate ids and text shared across splits."""
     files = paths or [DEFAULT_DATASET]
     examples, problems = check_files(files)
     for problem in problems:
         err_console.print(problem)
     counts = {s: sum(e.split == s for e in examples) for s in ("train", "dev", "test")}
-    console.print(f"{len(examples)} valid examples ({counts['train']} train, {counts['dev']} dev, {counts['test']} test) "
-                  f"in {len(files)} file(s); {len(problems)} problem(s)")
+    console.print(
+        f"{len(examples)} valid examples ({counts['train']} train, {counts['dev']} dev, {counts['test']} test) "
+        f"in {len(files)} file(s); {len(problems)} problem(s)"
+    )
     if problems:
         raise typer.Exit(1)
 
@@ -46,7 +50,9 @@ def data_check(paths: Annotated[list[Path] | None, typer.Argument(help="JSONL fi
 @data_app.command("split")
 def data_split(
     source: Annotated[Path, typer.Argument(help="JSONL file to split.")] = DEFAULT_DATASET,
-    out_dir: Annotated[Path | None, typer.Option(help="Folder for train/dev/test.jsonl (default: next to SOURCE).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Folder for train/dev/test.jsonl (default: next to SOURCE).")
+    ] = None,
 ) -> None:
     """Write SOURCE's train, dev and test splits as their own files (the split is the stable id hash)."""
     from delegation.learning.dataset import DatasetError, load_examples, split_files_text
@@ -200,8 +206,13 @@ def compare_command(
             outcomes[variant], variant=variant, program_version=decider.program_version, model=decider.model
         )
     inst, dsp = reports["instructor"], reports["dspy"]
-    table = Table("Metric", f"Instructor ({inst.program_version})", f"DSPy ({dsp.program_version})", "Target",
-                  title=f"Comparison on {len(examples)} examples")
+    table = Table(
+        "Metric",
+        f"Instructor ({inst.program_version})",
+        f"DSPy ({dsp.program_version})",
+        "Target",
+        title=f"Comparison on {len(examples)} examples",
+    )
 
     def mark(ok: bool) -> str:
         return "[green]✓[/]" if ok else "[red]✗[/]"
@@ -240,14 +251,19 @@ def optimize_command(
     optimizer: Annotated[
         str, typer.Option(help="bootstrap, labeled, random-search or mipro.")
     ] = DEFAULT_OPTIMIZER_CONFIG.optimizer,
-    max_demos: Annotated[int, typer.Option(help="Most demos in the compiled prompt.")] = DEFAULT_OPTIMIZER_CONFIG.max_demos,
+    max_demos: Annotated[
+        int, typer.Option(help="Most demos in the compiled prompt.")
+    ] = DEFAULT_OPTIMIZER_CONFIG.max_demos,
     train: Annotated[Path, typer.Option(help="JSONL file; its train split is used.")] = DEFAULT_DATASET,
     dev: Annotated[Path, typer.Option(help="JSONL file; its dev split is used.")] = DEFAULT_DATASET,
     seed: Annotated[
         int, typer.Option(help="Shuffles the train examples; same inputs + seed = same program.")
     ] = DEFAULT_OPTIMIZER_CONFIG.seed,
     artifact_dir: Annotated[
-        Path | None, typer.Option(help="Registry folder to write the version to (default ARTIFACT_DIR; delegation/learning/artifacts ships it).")
+        Path | None,
+        typer.Option(
+            help="Registry folder to write the version to (default ARTIFACT_DIR; delegation/learning/artifacts ships it)."
+        ),
     ] = None,
     initial_status: Annotated[
         str, typer.Option(help="candidate, or champion when shipping the first version with the code.")
@@ -276,9 +292,15 @@ def optimize_command(
     try:
         with optimization_progress(console) as progress:
             result = optimize(
-                registry=registry, lm=build_dspy_lm(endpoint), endpoint=endpoint, train=train_examples,
-                dev=dev_examples, config=OptimizerConfig(optimizer, max_demos, seed), progress=progress,
-                artifact_directory=BUILTIN_DIR if shipping else None, initial_status=initial_status,
+                registry=registry,
+                lm=build_dspy_lm(endpoint),
+                endpoint=endpoint,
+                train=train_examples,
+                dev=dev_examples,
+                config=OptimizerConfig(optimizer, max_demos, seed),
+                progress=progress,
+                artifact_directory=BUILTIN_DIR if shipping else None,
+                initial_status=initial_status,
             )
     except (OptimizationError, RegistryError) as err:
         _fail(f"{err}; nothing was written")
@@ -313,8 +335,13 @@ def artifacts_list() -> None:
             table.add_row(str(version), "[red]invalid[/]", "", "", "", "", str(err))
             continue
         table.add_row(
-            f"{version}{' *' if version == champion else ''}", m.status, m.optimizer, f"{m.base_dev_score:.2f}",
-            f"{m.optimized_dev_score:.2f}", m.created_at.strftime("%Y-%m-%d %H:%M"), m.status_reason,
+            f"{version}{' *' if version == champion else ''}",
+            m.status,
+            m.optimizer,
+            f"{m.base_dev_score:.2f}",
+            f"{m.optimized_dev_score:.2f}",
+            m.created_at.strftime("%Y-%m-%d %H:%M"),
+            m.status_reason,
         )
     console.print(table)
     console.print(f"champion: {champion if champion is not None else 'none (the base module serves)'}")

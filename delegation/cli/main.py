@@ -279,8 +279,11 @@ def flags_set(
     if (value := _parse_bool("--guardrail", guardrail)) is not None:
         updates["DSPY_GUARDRAIL_ENABLED"] = value
     if not updates:
-        _fail(f"nothing to set; give at least one of --use-dspy, --percentage, --log-decisions, --guardrail "
-              f"({FLAG_NAMES})", 2)
+        _fail(
+            f"nothing to set; give at least one of --use-dspy, --percentage, --log-decisions, --guardrail "
+            f"({FLAG_NAMES})",
+            2,
+        )
     rollout_commands.apply_change(lambda control: control.change("flags set", updates, who=operator_name()))
     _show_flags()
 

@@ -19,7 +19,9 @@ def _bar(console: Console) -> Progress:
     return Progress(*columns, console=console, transient=True)
 
 
-def run_with_progress(decider: Decider, examples: Sequence[LabeledExample], console: Console, label: str) -> list[Outcome]:
+def run_with_progress(
+    decider: Decider, examples: Sequence[LabeledExample], console: Console, label: str
+) -> list[Outcome]:
     """``run_decider`` from synchronous code, with a progress bar on ``console``."""
     with _bar(console) as progress:
         bar = progress.add_task(label, total=len(examples))

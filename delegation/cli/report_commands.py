@@ -79,7 +79,9 @@ def _current_flags():  # type: ignore[no-untyped-def]
 def report_command(
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Start of the window: ISO date/datetime (naive = UTC) or 7d, 24h, 30m. Default: all."),
+        typer.Option(
+            "--since", help="Start of the window: ISO date/datetime (naive = UTC) or 7d, 24h, 30m. Default: all."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the whole report.")] = False,
     plot: Annotated[
@@ -93,8 +95,9 @@ def report_command(
     now = datetime.now(UTC)
     start = parse_since(since, now) if since is not None else None
     if plot is not None and plot.suffix.lower() != ".png":
-        raise typer.BadParameter(f"the chart is a PNG: the path must end in .png, not {plot.name!r}",
-                                 param_hint="'--plot'")
+        raise typer.BadParameter(
+            f"the chart is a PNG: the path must end in .png, not {plot.name!r}", param_hint="'--plot'"
+        )
     settings = get_settings()
     db_path = settings.decision_db_path
     decisions = []
@@ -104,12 +107,19 @@ def report_command(
         try:
             decisions = DecisionStore(db_path, settings.decision_log_path).decisions(since=start, until=now)
         except (sqlite3.Error, OSError, ValueError) as err:
-            err_console.print(f"[bold red]error:[/] the decision store {db_path} cannot be read: "
-                              f"{type(err).__name__}: {err}")
+            err_console.print(
+                f"[bold red]error:[/] the decision store {db_path} cannot be read: {type(err).__name__}: {err}"
+            )
             raise typer.Exit(1) from None
     optimization, note = _optimization_scores(settings)
-    report = build_report(decisions, since=start, until=now, optimization=optimization, optimization_note=note,
-                          current_flags=_current_flags())
+    report = build_report(
+        decisions,
+        since=start,
+        until=now,
+        optimization=optimization,
+        optimization_note=note,
+        current_flags=_current_flags(),
+    )
     if report.decisions == 0:
         console.print(f"decision store: {db_path}" + ("" if db_path.exists() else " (does not exist yet)"))
     render_report(report, console)

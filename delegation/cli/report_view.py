@@ -56,8 +56,10 @@ def render_report(report: ABReport, console: Console) -> None:
     if report.current_flags is not None:
         flags = report.current_flags
         state = "on" if flags.use_dspy_delegation else "off"
-        console.print(f"Flags now: DSPy {state}, rollout {flags.dspy_rollout_percentage} %"
-                      + (f" [red](rejected read: {flags.error})[/]" if flags.error else ""))
+        console.print(
+            f"Flags now: DSPy {state}, rollout {flags.dspy_rollout_percentage} %"
+            + (f" [red](rejected read: {flags.error})[/]" if flags.error else "")
+        )
     if report.decisions == 0:
         console.print("[bold yellow]no decisions in the window[/]")
     else:
@@ -89,25 +91,35 @@ def _render_tables(report: ABReport, console: Console) -> None:
         if diff.difference is None:
             diffs.add_row(diff.metric, "-", "-", "-", diff.note or "not enough data")
             continue
-        interval = (f"[{_signed(diff.metric, diff.ci_low)}, {_signed(diff.metric, diff.ci_high)}]"
-                    if diff.ci_low is not None and diff.ci_high is not None else "-")
+        interval = (
+            f"[{_signed(diff.metric, diff.ci_low)}, {_signed(diff.metric, diff.ci_high)}]"
+            if diff.ci_low is not None and diff.ci_high is not None
+            else "-"
+        )
         marker = " [bold](significant)[/]" if diff.significant else ""
-        diffs.add_row(diff.metric, _signed(diff.metric, diff.difference), interval, diff.test or "-",
-                      (_p(diff.p_value) + marker) if diff.p_value is not None else (diff.note or "-"))
+        diffs.add_row(
+            diff.metric,
+            _signed(diff.metric, diff.difference),
+            interval,
+            diff.test or "-",
+            (_p(diff.p_value) + marker) if diff.p_value is not None else (diff.note or "-"),
+        )
     console.print(diffs)
 
     srm = report.sample_ratio
     if srm.note:
         console.print(f"Sample ratio: {srm.note}")
     else:
-        verdict = ("[bold red]SAMPLE-RATIO MISMATCH[/]: the arms are not comparable until its cause is found"
-                   if srm.mismatch else "no mismatch")
+        verdict = (
+            "[bold red]SAMPLE-RATIO MISMATCH[/]: the arms are not comparable until its cause is found"
+            if srm.mismatch
+            else "no mismatch"
+        )
         console.print(
             f"Sample ratio: expected DSPy share {_pct(srm.expected_dspy_share)}, observed "
             f"{_pct(srm.observed_dspy_share)} ({srm.dspy_assigned} of {srm.decisions}); binomial p = {_p(srm.p_value)} "
             f"(threshold {srm.threshold}): {verdict}"
         )
-
 
 
 def _render_criteria(report: ABReport, console: Console) -> None:
@@ -120,8 +132,10 @@ def _render_criteria(report: ABReport, console: Console) -> None:
             value, target = _num(criterion.value), f"{criterion.threshold:.2f}"
         else:
             value, target = _pct(criterion.value), f"{criterion.threshold:.0%}"
-        console.print(f"[{color}]{criterion.status:<4}[/] {criterion.name} {criterion.comparison} {target}: "
-                      f"{value if criterion.value is not None else 'n/a'} ({criterion.detail})")
+        console.print(
+            f"[{color}]{criterion.status:<4}[/] {criterion.name} {criterion.comparison} {target}: "
+            f"{value if criterion.value is not None else 'n/a'} ({criterion.detail})"
+        )
 
 
 # ---- plot -----------------------------------------------------------------------------------------
@@ -180,8 +194,9 @@ def plot_report(report: ABReport, decisions: Sequence[StoredDecision], path: Pat
             # Clamped at 0: at 0 % or 100 % the Wilson bound can miss the point by a rounding error.
             low = max(0.0, est.value - (est.ci_low if est.ci_low is not None else est.value))
             high = max(0.0, (est.ci_high if est.ci_high is not None else est.value) - est.value)
-            ax.bar(position, est.value, color=colors[variant], alpha=0.7,
-                   yerr=[[low], [high]], capsize=6, ecolor="black")
+            ax.bar(
+                position, est.value, color=colors[variant], alpha=0.7, yerr=[[low], [high]], capsize=6, ecolor="black"
+            )
             ax.text(position, est.value, f" {est.value:.1%}\n n={est.n}", ha="left", va="bottom", fontsize="small")
         if target is not None:
             ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"{target:.0%} target")

@@ -17,7 +17,9 @@ from delegation.rollout.control import AuditEntry, RolloutControl, operator_name
 from delegation.rollout.flags import FlagsFileError, flags_file_updated_at, get_feature_flags
 from delegation.rollout.guardrail import check_guardrail, guardrail_limits
 
-rollout_app = typer.Typer(help="Move the DSPy rollout (0 → 10 → 25 → 50 → 100 %) and roll it back.", no_args_is_help=True)
+rollout_app = typer.Typer(
+    help="Move the DSPy rollout (0 → 10 → 25 → 50 → 100 %) and roll it back.", no_args_is_help=True
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -124,7 +126,9 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
         )
     else:
         table.add_row("live split", "no decisions recorded yet")
-    table.add_row("guardrail", "on" if flags.dspy_guardrail_enabled else "off (`delegation flags set --guardrail true`)")
+    table.add_row(
+        "guardrail", "on" if flags.dspy_guardrail_enabled else "off (`delegation flags set --guardrail true`)"
+    )
     table.add_row("guardrail reading", verdict.reason)
     if trip:
         table.add_row("[bold red]rolled back by the guardrail[/]", f"{trip.at:%Y-%m-%d %H:%M:%S} UTC: {trip.reason}")
@@ -136,7 +140,9 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
         changes = Table("when (UTC)", "who", "action", "from", "to", "reason", title="Recent rollout changes")
         for entry in history:
             changes.add_row(
-                f"{entry.at:%Y-%m-%d %H:%M:%S}", entry.who, entry.action,
+                f"{entry.at:%Y-%m-%d %H:%M:%S}",
+                entry.who,
+                entry.action,
                 f"{entry.before['USE_DSPY_DELEGATION']}/{entry.before['DSPY_ROLLOUT_PERCENTAGE']}%",
                 f"{entry.after['USE_DSPY_DELEGATION']}/{entry.after['DSPY_ROLLOUT_PERCENTAGE']}%",
                 entry.reason,

@@ -63,7 +63,9 @@ def _run(operation: Callable[[Client], Awaitable[T]]) -> T:
 def create_command(
     task_queue: Annotated[
         str | None,
-        typer.Option(help="Task queue of the re-optimization worker (default: REOPTIMIZATION_TASK_QUEUE, as the worker)."),
+        typer.Option(
+            help="Task queue of the re-optimization worker (default: REOPTIMIZATION_TASK_QUEUE, as the worker)."
+        ),
     ] = None,
     schedule_id: ScheduleIdOption = SCHEDULE_ID,
 ) -> None:
@@ -106,11 +108,15 @@ def trigger_command(schedule_id: ScheduleIdOption = SCHEDULE_ID) -> None:
     before = _run(go)
     if before.running_workflows:
         running = ", ".join(r.workflow_id for r in before.running_workflows)
-        console.print(f"triggered {schedule_id}, but a run is in progress ({running}): with overlap "
-                      f"{before.overlap_policy} the server starts nothing (see `skipped (overlap)` in describe)")
+        console.print(
+            f"triggered {schedule_id}, but a run is in progress ({running}): with overlap "
+            f"{before.overlap_policy} the server starts nothing (see `skipped (overlap)` in describe)"
+        )
         return
-    console.print(f"triggered {schedule_id}: a run of {before.workflow} starts now on task queue {before.task_queue} "
-                  "(see `delegation schedule describe` for its workflow id)")
+    console.print(
+        f"triggered {schedule_id}: a run of {before.workflow} starts now on task queue {before.task_queue} "
+        "(see `delegation schedule describe` for its workflow id)"
+    )
 
 
 @schedule_app.command("pause")

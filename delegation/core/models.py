@@ -140,7 +140,9 @@ class DecisionRecord(BaseModel):
     fallback_used: bool
     error: str | None
     bucket: int = Field(ge=0, le=9999)
-    rollout_percentage: int = Field(ge=0, le=100, description="The DSPy share in force for this request (0 while DSPy is off).")
+    rollout_percentage: int = Field(
+        ge=0, le=100, description="The DSPy share in force for this request (0 while DSPy is off)."
+    )
     decided_at: AwareDatetime
 
 
@@ -170,9 +172,12 @@ class DelegationFeedback(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task_id: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/-]+$")
-    ] | None = None
+    task_id: (
+        Annotated[
+            str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/-]+$")
+        ]
+        | None
+    ) = None
     workflow_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)] | None = None
     outcome: FeedbackOutcome
     correct_assignee_id: AssigneeId | None = None

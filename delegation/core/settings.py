@@ -70,9 +70,7 @@ class Settings(BaseSettings):
 
     reoptimize_margin: float = Field(default=0.02, ge=0, le=1, alias="REOPTIMIZE_MARGIN")
     review_confidence_below: float = Field(default=0.5, ge=0, le=1, alias="REVIEW_CONFIDENCE_BELOW")
-    reoptimization_task_queue: str = Field(
-        default=DEFAULT_REOPTIMIZATION_TASK_QUEUE, alias="REOPTIMIZATION_TASK_QUEUE"
-    )
+    reoptimization_task_queue: str = Field(default=DEFAULT_REOPTIMIZATION_TASK_QUEUE, alias="REOPTIMIZATION_TASK_QUEUE")
 
     feature_flags_file: Path | None = Field(default=None, alias="FEATURE_FLAGS_FILE")
     decision_log_file: Path | None = Field(default=None, alias="DECISION_LOG_FILE")

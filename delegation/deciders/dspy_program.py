@@ -94,9 +94,7 @@ class DelegationDecider(dspy.Module):
     def forward(self, candidates: str, task: str, candidate_ids: Sequence[str] | None = None) -> dspy.Prediction:
         return self.route(candidates=candidates, task=task, config={"response_format": answer_format(candidate_ids)})
 
-    async def aforward(
-        self, candidates: str, task: str, candidate_ids: Sequence[str] | None = None
-    ) -> dspy.Prediction:
+    async def aforward(self, candidates: str, task: str, candidate_ids: Sequence[str] | None = None) -> dspy.Prediction:
         return await self.route.acall(
             candidates=candidates, task=task, config={"response_format": answer_format(candidate_ids)}
         )

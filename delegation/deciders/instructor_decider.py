@@ -26,7 +26,7 @@ MAX_REASKS = 2
 
 SYSTEM_PROMPT = (
     f"{POLICY}\nReply with JSON: assignee_id, confidence (0 to 1), "
-    "reasoning (at most ten words naming the rule, e.g. \"Rule 2: invoice payment.\")."
+    'reasoning (at most ten words naming the rule, e.g. "Rule 2: invoice payment.").'
 )
 
 

@@ -61,7 +61,9 @@ class DelegationAnswer(BaseModel):
     )
 
     assignee_id: str = Field(description="The id of exactly one listed candidate.")
-    confidence: float = Field(description="How sure you are, from 0 to 1.", json_schema_extra={"minimum": 0, "maximum": 1})
+    confidence: float = Field(
+        description="How sure you are, from 0 to 1.", json_schema_extra={"minimum": 0, "maximum": 1}
+    )
     reasoning: str = Field(default="", description=REASONING_HINT, json_schema_extra={"maxLength": ANSWER_REASON_CHARS})
 
     @field_validator("reasoning", mode="before")

@@ -51,14 +51,10 @@ def verify_model_file(path: Path) -> None:
         raise ModelFileError(f"model file {path} does not exist")
     size = path.stat().st_size
     if size != EXPECTED_SIZE:
-        raise ModelFileError(
-            f"model file {path} has {size:,} bytes, expected {EXPECTED_SIZE:,}: refusing to load it"
-        )
+        raise ModelFileError(f"model file {path} has {size:,} bytes, expected {EXPECTED_SIZE:,}: refusing to load it")
     digest = sha256_of(path)
     if digest != EXPECTED_SHA256:
-        raise ModelFileError(
-            f"model file {path} has SHA-256 {digest}, expected {EXPECTED_SHA256}: refusing to load it"
-        )
+        raise ModelFileError(f"model file {path} has SHA-256 {digest}, expected {EXPECTED_SHA256}: refusing to load it")
 
 
 def _verified_marker(path: Path) -> Path:

@@ -110,9 +110,7 @@ def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str
     n = len(outcomes)
     answered = [o for o in outcomes if o.error is None]
     correct = sum(o.correct for o in outcomes)
-    delegate_right = sum(
-        o.error is None and (o.predicted != SELF_ID) == (o.label != SELF_ID) for o in outcomes
-    )
+    delegate_right = sum(o.error is None and (o.predicted != SELF_ID) == (o.label != SELF_ID) for o in outcomes)
     confidences = [o.confidence for o in answered if o.confidence is not None]
     brier = (
         float(np.mean([(o.confidence - float(o.correct)) ** 2 for o in answered if o.confidence is not None]))

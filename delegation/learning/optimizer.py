@@ -108,12 +108,21 @@ def build_optimizer(name: str, max_demos: int, seed: int) -> Any:
         return dspy.LabeledFewShot(k=max_demos)
     if name == "random-search":
         return dspy.BootstrapFewShotWithRandomSearch(
-            metric=exact_match, max_bootstrapped_demos=max_demos, max_labeled_demos=0, num_candidate_programs=4,
+            metric=exact_match,
+            max_bootstrapped_demos=max_demos,
+            max_labeled_demos=0,
+            num_candidate_programs=4,
             num_threads=1,
         )
     if name == "mipro":
-        return dspy.MIPROv2(metric=exact_match, auto="light", seed=seed, num_threads=1,
-                            max_bootstrapped_demos=max_demos, max_labeled_demos=0)
+        return dspy.MIPROv2(
+            metric=exact_match,
+            auto="light",
+            seed=seed,
+            num_threads=1,
+            max_bootstrapped_demos=max_demos,
+            max_labeled_demos=0,
+        )
     raise OptimizationError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
@@ -170,7 +179,12 @@ def optimize(
         progress.phase(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples")
     program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed)
     base, _ = evaluate_program(
-        DelegationDecider(), BASE_PROGRAM_VERSION, dev, lm=lm, endpoint=endpoint, progress=progress,
+        DelegationDecider(),
+        BASE_PROGRAM_VERSION,
+        dev,
+        lm=lm,
+        endpoint=endpoint,
+        progress=progress,
         label="base on dev",
     )
     optimized, _ = evaluate_program(
@@ -182,7 +196,10 @@ def optimize(
         {
             "optimizer": optimizer,
             "optimizer_params": {
-                "max_demos": max_demos, "seed": seed, "demos": len(program.route.demos), **(extra_params or {})
+                "max_demos": max_demos,
+                "seed": seed,
+                "demos": len(program.route.demos),
+                **(extra_params or {}),
             },
             "train_sha256": dataset_sha256(train),
             "dev_sha256": dataset_sha256(dev),
@@ -195,7 +212,8 @@ def optimize(
             "signature_fields": list(DelegationSignature.fields),
             "parent_version": parent,
             "status": initial_status,
-            "status_reason": status_reason or (
+            "status_reason": status_reason
+            or (
                 "written by the optimizer; promote after review"
                 if initial_status == "candidate"
                 else f"shipped as {initial_status} with the code"

@@ -22,7 +22,10 @@ def promotion_verdict(scores: EvaluateResult, margin: float) -> tuple[bool, str]
     champion_errors = _pooled_error_rate(champion)
     if challenger_errors > champion_errors:
         return False, f"{comparison}: error rate {challenger_errors:.1%} is worse than {champion_errors:.1%}"
-    return True, f"{comparison}, error rate {challenger_errors:.1%} vs {champion_errors:.1%}: beats the margin {margin:.3f}"
+    return (
+        True,
+        f"{comparison}, error rate {challenger_errors:.1%} vs {champion_errors:.1%}: beats the margin {margin:.3f}",
+    )
 
 
 def _pooled_error_rate(scores: Scores) -> float:

@@ -221,7 +221,9 @@ class ArtifactRegistry:
             raise RegistryError(f"{folder} is not writable")
         return folder
 
-    def write_version(self, program: Any, manifest_fields: dict[str, Any], *, directory: Path | None = None) -> Manifest:
+    def write_version(
+        self, program: Any, manifest_fields: dict[str, Any], *, directory: Path | None = None
+    ) -> Manifest:
         """Save a program as a new version with its manifest; nothing is left behind if any step fails.
 
         Versions are never overwritten: the program file is created exclusively.

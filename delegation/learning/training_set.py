@@ -109,9 +109,7 @@ def example_id_for(source_id: str) -> str:
 
 # ---- redaction ----------------------------------------------------------------------------------
 
-_EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])"
-)
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 # Three shapes only, each distinctive enough not to catch amounts ($2,300), dates (2026-11-29),
 # invoice numbers (#4421, INV-2026-0042), versions (v2.3.1), times (14:30) or ranges (100-2000).
 # Bare 7-digit local numbers (555-0132) are left alone: they look too much like ranges and codes.

@@ -77,8 +77,13 @@ class RolloutControl:
         write_flags_file(self.provider.flags_file, updates, updated_by=who)
         after = self.provider.read().flags.as_env()
         entry = AuditEntry(
-            at=datetime.now(UTC), who=who, action=action, environment=self.environment,
-            before=before, after=after, reason=reason,
+            at=datetime.now(UTC),
+            who=who,
+            action=action,
+            environment=self.environment,
+            before=before,
+            after=after,
+            reason=reason,
         )
         append_line(self.audit_log, entry.model_dump_json())
         return entry
@@ -102,7 +107,9 @@ class RolloutControl:
         for entry in reversed(self.history()):
             if entry.who == GUARDRAIL_ACTOR:
                 return entry
-            moved = any(entry.before.get(k) != entry.after.get(k) for k in ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE"))
+            moved = any(
+                entry.before.get(k) != entry.after.get(k) for k in ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE")
+            )
             if moved or entry.action.startswith(("set", "rollback")):
                 return None
         return None

@@ -126,7 +126,9 @@ class FeatureFlagProvider:
             return self._keep_last_good(str(err))
         except ValidationError as err:
             sources = f"flags file {self.flags_file}, environment, env file {self.env_file}"
-            return self._keep_last_good(f"{describe_validation_error(err, model_name='feature flags')} (from {sources})")
+            return self._keep_last_good(
+                f"{describe_validation_error(err, model_name='feature flags')} (from {sources})"
+            )
         with self._lock:
             self._last_good = flags
         return FlagsReading(flags=flags)

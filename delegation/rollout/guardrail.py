@@ -62,7 +62,10 @@ def check_guardrail(records: Sequence[DecisionRecord], limits: GuardrailLimits) 
     n = len(window)
     if n < limits.min_decisions:
         return GuardrailVerdict(
-            tripped=False, decisions=n, error_rate=None, p95_latency_ms=None,
+            tripped=False,
+            decisions=n,
+            error_rate=None,
+            p95_latency_ms=None,
             reason=f"{n} DSPy decisions since the last rollout change; the guardrail judges from {limits.min_decisions}",
         )
     errors = sum(is_arm_error(r) for r in window)
@@ -78,7 +81,10 @@ def check_guardrail(records: Sequence[DecisionRecord], limits: GuardrailLimits) 
     )
     if problems:
         return GuardrailVerdict(
-            tripped=True, decisions=n, error_rate=error_rate, p95_latency_ms=p95,
+            tripped=True,
+            decisions=n,
+            error_rate=error_rate,
+            p95_latency_ms=p95,
             reason="; ".join(problems) + f" (last {n} DSPy decisions)",
         )
     return GuardrailVerdict(tripped=False, decisions=n, error_rate=error_rate, p95_latency_ms=p95, reason=summary)

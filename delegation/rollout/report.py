@@ -237,12 +237,14 @@ def compare_proportions(metric: str, dspy: Estimate, instructor: Estimate, *, ba
     if dspy.n == 0 or instructor.n == 0:
         empty = [name for name, est in (("DSPy", dspy), ("Instructor", instructor)) if est.n == 0]
         return Comparison(
-            metric=metric, dspy=dspy.value, instructor=instructor.value, difference=None,
+            metric=metric,
+            dspy=dspy.value,
+            instructor=instructor.value,
+            difference=None,
             note=f"not enough data: no {' or '.join(empty)} {basis} to compare",
         )
     x1, n1, x2, n2 = dspy.count or 0, dspy.n, instructor.count or 0, instructor.n
-    low, high = confint_proportions_2indep(x1, n1, x2, n2, method="newcomb", compare="diff",
-                                           alpha=1 - CONFIDENCE_LEVEL)
+    low, high = confint_proportions_2indep(x1, n1, x2, n2, method="newcomb", compare="diff", alpha=1 - CONFIDENCE_LEVEL)
     total, successes = n1 + n2, x1 + x2
     expected = [n * s / total for n in (n1, n2) for s in (successes, total - successes)]
     if min(expected) < 5:
@@ -254,9 +256,16 @@ def compare_proportions(metric: str, dspy: Estimate, instructor: Estimate, *, ba
         test, statistic = "two-proportion z test", _finite(float(z))
     p = _finite(float(p_value))
     return Comparison(
-        metric=metric, dspy=dspy.value, instructor=instructor.value, difference=x1 / n1 - x2 / n2,
-        ci_low=_finite(float(low)), ci_high=_finite(float(high)), test=test, statistic=statistic,
-        p_value=p, significant=None if p is None else p < SIGNIFICANCE,
+        metric=metric,
+        dspy=dspy.value,
+        instructor=instructor.value,
+        difference=x1 / n1 - x2 / n2,
+        ci_low=_finite(float(low)),
+        ci_high=_finite(float(high)),
+        test=test,
+        statistic=statistic,
+        p_value=p,
+        significant=None if p is None else p < SIGNIFICANCE,
     )
 
 
@@ -269,14 +278,24 @@ def compare_latency(dspy: Sequence[float], instructor: Sequence[float]) -> Compa
     metric = "p50 latency (ms)"
     if not len(dspy) or not len(instructor):
         empty = [name for name, xs in (("DSPy", dspy), ("Instructor", instructor)) if not len(xs)]
-        return Comparison(metric=metric, dspy=d_median, instructor=i_median, difference=None,
-                          note=f"not enough data: no answered {' or '.join(empty)} decisions")
+        return Comparison(
+            metric=metric,
+            dspy=d_median,
+            instructor=i_median,
+            difference=None,
+            note=f"not enough data: no answered {' or '.join(empty)} decisions",
+        )
     result = mannwhitneyu(dspy, instructor, alternative="two-sided")
     p = _finite(float(result.pvalue))
     d_median, i_median = float(np.median(dspy)), float(np.median(instructor))
     return Comparison(
-        metric=metric, dspy=d_median, instructor=i_median, difference=d_median - i_median,
-        test="Mann-Whitney U", statistic=_finite(float(result.statistic)), p_value=p,
+        metric=metric,
+        dspy=d_median,
+        instructor=i_median,
+        difference=d_median - i_median,
+        test="Mann-Whitney U",
+        statistic=_finite(float(result.statistic)),
+        p_value=p,
         significant=None if p is None else p < SIGNIFICANCE,
         note=None if p is not None else "the test is undefined for these samples",
     )
@@ -288,14 +307,25 @@ def sample_ratio(decisions: Sequence[StoredDecision]) -> SampleRatio:
 
     n = len(decisions)
     if n == 0:
-        return SampleRatio(decisions=0, dspy_assigned=0, expected_dspy_share=None, observed_dspy_share=None,
-                           p_value=None, mismatch=False, note="not enough data: no decisions")
+        return SampleRatio(
+            decisions=0,
+            dspy_assigned=0,
+            expected_dspy_share=None,
+            observed_dspy_share=None,
+            p_value=None,
+            mismatch=False,
+            note="not enough data: no decisions",
+        )
     assigned = sum(d.record.assigned_variant == "dspy" for d in decisions)
     expected = float(np.mean([d.record.rollout_percentage for d in decisions])) / 100
     p = float(binomtest(assigned, n, expected).pvalue)
     return SampleRatio(
-        decisions=n, dspy_assigned=assigned, expected_dspy_share=expected, observed_dspy_share=assigned / n,
-        p_value=p, mismatch=p < SRM_THRESHOLD,
+        decisions=n,
+        dspy_assigned=assigned,
+        expected_dspy_share=expected,
+        observed_dspy_share=assigned / n,
+        p_value=p,
+        mismatch=p < SRM_THRESHOLD,
     )
 
 
@@ -337,17 +367,27 @@ def _arm(variant: Variant, decisions: Sequence[StoredDecision]) -> ArmStats:
     )
 
 
-def _criterion(name: str, comparison: Literal[">", "<"], threshold: float, value: float | None,
-               detail: str, missing: str) -> Criterion:
+def _criterion(
+    name: str, comparison: Literal[">", "<"], threshold: float, value: float | None, detail: str, missing: str
+) -> Criterion:
     if value is None:
-        return Criterion(name=name, comparison=comparison, threshold=threshold, value=None, status="n/a",
-                         detail=missing)
+        return Criterion(
+            name=name, comparison=comparison, threshold=threshold, value=None, status="n/a", detail=missing
+        )
     passed = value > threshold if comparison == ">" else value < threshold
-    return Criterion(name=name, comparison=comparison, threshold=threshold, value=value,
-                     status="PASS" if passed else "FAIL", detail=detail)
+    return Criterion(
+        name=name,
+        comparison=comparison,
+        threshold=threshold,
+        value=value,
+        status="PASS" if passed else "FAIL",
+        detail=detail,
+    )
 
 
-def _criteria(dspy: ArmStats, optimization: tuple[float, float] | None, optimization_note: str | None) -> list[Criterion]:
+def _criteria(
+    dspy: ArmStats, optimization: tuple[float, float] | None, optimization_note: str | None
+) -> list[Criterion]:
     if optimization is None:
         improvement, missing = None, optimization_note or "no optimization scores"
         detail = ""
@@ -357,17 +397,36 @@ def _criteria(dspy: ArmStats, optimization: tuple[float, float] | None, optimiza
             improvement, missing, detail = None, f"base dev score is {base:g}: a relative improvement is undefined", ""
         else:
             improvement, missing = (optimized - base) / base, ""
-            detail = f"dev score {base:.3f} -> {optimized:.3f}" + (f", {optimization_note}" if optimization_note else "")
+            detail = f"dev score {base:.3f} -> {optimized:.3f}" + (
+                f", {optimization_note}" if optimization_note else ""
+            )
     error, latency, confidence = dspy.error_rate, dspy.p95_latency_ms, dspy.avg_confidence
     return [
         _criterion("optimization improvement", ">", IMPROVEMENT_TARGET, improvement, detail, missing),
-        _criterion("DSPy error rate", "<", ERROR_RATE_TARGET, error.value,
-                   f"{error.count} of {error.n} DSPy-assigned decisions, fallbacks counted as errors",
-                   "no DSPy-assigned decisions"),
-        _criterion("DSPy p95 latency (ms)", "<", LATENCY_TARGET_MS, latency.value,
-                   f"p95 over {latency.n} answered DSPy-arm decisions", "no answered DSPy-arm decisions"),
-        _criterion("DSPy average confidence", ">", CONFIDENCE_TARGET, confidence.value,
-                   f"mean over {confidence.n} DSPy-arm decisions", "no answered DSPy-arm decisions"),
+        _criterion(
+            "DSPy error rate",
+            "<",
+            ERROR_RATE_TARGET,
+            error.value,
+            f"{error.count} of {error.n} DSPy-assigned decisions, fallbacks counted as errors",
+            "no DSPy-assigned decisions",
+        ),
+        _criterion(
+            "DSPy p95 latency (ms)",
+            "<",
+            LATENCY_TARGET_MS,
+            latency.value,
+            f"p95 over {latency.n} answered DSPy-arm decisions",
+            "no answered DSPy-arm decisions",
+        ),
+        _criterion(
+            "DSPy average confidence",
+            ">",
+            CONFIDENCE_TARGET,
+            confidence.value,
+            f"mean over {confidence.n} DSPy-arm decisions",
+            "no answered DSPy-arm decisions",
+        ),
     ]
 
 

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     feedback_json TEXT NOT NULL,
     PRIMARY KEY (workflow_id, run_id)
 );
+DROP INDEX IF EXISTS decisions_variant;
 CREATE INDEX IF NOT EXISTS feedback_received_at ON feedback (received_at);
 CREATE TABLE IF NOT EXISTS reoptimization_runs (
     run_key TEXT PRIMARY KEY,
@@ -233,8 +234,15 @@ class DecisionStore:
                     conn.execute(
                         "INSERT OR REPLACE INTO feedback (workflow_id, run_id, outcome, correct_assignee_id, comment,"
                         " received_at, feedback_json) VALUES (?,?,?,?,?,?,?)",
-                        (workflow_id, run_id, feedback.outcome, feedback.correct_assignee_id, feedback.comment,
-                         _iso(received_at), payload),
+                        (
+                            workflow_id,
+                            run_id,
+                            feedback.outcome,
+                            feedback.correct_assignee_id,
+                            feedback.comment,
+                            _iso(received_at),
+                            payload,
+                        ),
                     )
                     result = "stored" if existing is None else "updated"
                 conn.execute("COMMIT")
@@ -252,9 +260,7 @@ class DecisionStore:
             variant=record.variant,
         )
 
-    def decisions(
-        self, *, since: datetime | None = None, until: datetime | None = None
-    ) -> list[StoredDecision]:
+    def decisions(self, *, since: datetime | None = None, until: datetime | None = None) -> list[StoredDecision]:
         """Decisions made in ``(since, until]``, oldest first, each with its feedback."""
         return self._select("d.decided_at", since, until)
 
@@ -325,7 +331,9 @@ class DecisionStore:
             row = conn.execute("SELECT MAX(collected_until) FROM reoptimization_runs").fetchone()
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
-    def record_reoptimization(self, run_key: str, collected_until: datetime, report_json: str, finished_at: datetime) -> bool:
+    def record_reoptimization(
+        self, run_key: str, collected_until: datetime, report_json: str, finished_at: datetime
+    ) -> bool:
         """Remember a finished run (idempotent by ``run_key``). Returns True when stored now."""
         with self._lock, self._connect() as conn:
             cursor = conn.execute(

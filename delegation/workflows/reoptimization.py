@@ -39,7 +39,13 @@ LONG_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=10),
     maximum_interval=timedelta(minutes=5),
     maximum_attempts=3,
-    non_retryable_error_types=["InvalidInput", "DatasetError", "RegistryError", "OptimizationError", "TrainingSetError"],
+    non_retryable_error_types=[
+        "InvalidInput",
+        "DatasetError",
+        "RegistryError",
+        "OptimizationError",
+        "TrainingSetError",
+    ],
 )
 
 
@@ -70,8 +76,13 @@ class ReoptimizeDelegationWorkflow:
         )
         self._step(f"done: {report.outcome}: {report.reason}")
         workflow.upsert_memo(
-            {"outcome": report.outcome, "reason": report.reason, "new_version": report.new_version,
-             "collected": report.collected, "added": report.training_set.added if report.training_set else 0}
+            {
+                "outcome": report.outcome,
+                "reason": report.reason,
+                "new_version": report.new_version,
+                "collected": report.collected,
+                "added": report.training_set.added if report.training_set else 0,
+            }
         )
         return report
 

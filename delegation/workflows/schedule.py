@@ -292,8 +292,13 @@ def _describe_calendar(cal: ScheduleCalendarSpec, zone: str) -> str:
         return f"{hour:02d}:{minute:02d}:{second:02d} {zone} on day {_ranges(cal.day_of_month)} of every month"
     # Anything else: the raw fields, exact rather than pretty.
     fields = {
-        "hour": cal.hour, "minute": cal.minute, "second": cal.second, "day_of_month": cal.day_of_month,
-        "month": cal.month, "day_of_week": cal.day_of_week, "year": cal.year,
+        "hour": cal.hour,
+        "minute": cal.minute,
+        "second": cal.second,
+        "day_of_month": cal.day_of_month,
+        "month": cal.month,
+        "day_of_week": cal.day_of_week,
+        "year": cal.year,
     }
     return " ".join(f"{k}={_ranges(v) or '*'}" for k, v in fields.items()) + f" ({zone})"
 

@@ -31,7 +31,11 @@ def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLME
         env.pop(name, None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "delegation.devstack.llm_server"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT
+            [sys.executable, "-m", "delegation.devstack.llm_server"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=PROJECT_ROOT,
         )
     endpoint = resolve_endpoint(Settings(LOCAL_LLM_PORT=port, LLM_TIMEOUT_S=120))  # type: ignore[call-arg]
     try:

@@ -15,6 +15,7 @@ from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import build_dependencies, build_worker
 from delegation.workflows.client import decide
+from tests.support.store_queries import count_decisions
 
 pytestmark = pytest.mark.e2e
 
@@ -39,9 +40,7 @@ async def test_decision_on_the_embedded_model(
     deps.flags = FeatureFlagProvider(flags_file, tmp_path / "no.env")
     deps.store = DecisionStore(tmp_path / "d.sqlite3", tmp_path / "d.log")
     task_queue = f"delegation-e2e-{uuid.uuid4().hex}"
-    worker = build_worker(
-        temporal_env.client, deps, task_queue=task_queue, llm_concurrency=1, llm_timeout_s=150
-    )
+    worker = build_worker(temporal_env.client, deps, task_queue=task_queue, llm_concurrency=1, llm_timeout_s=150)
     request = DelegationRequest(task_id=f"e2e-{variant}-{uuid.uuid4().hex[:8]}", title=OUTAGE, priority="urgent")
     async with worker:
         record = await decide(temporal_env.client, request, task_queue=task_queue)
@@ -54,4 +53,4 @@ async def test_decision_on_the_embedded_model(
     # A fresh clone serves the shipped champion on the DSPy route.
     expected_version = "optimized_delegation_v1" if variant == "dspy" else "instructor-v1"
     assert record.program_version == expected_version
-    assert deps.store.count(record.workflow_id) == 1
+    assert count_decisions(deps.store, record.workflow_id) == 1

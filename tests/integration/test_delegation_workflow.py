@@ -85,8 +85,7 @@ async def test_dspy_route_when_flag_on_at_100(harness, mode: str) -> None:  # ty
         assert attributes.get(DELEGATION_VARIANT) == "dspy"
         assert attributes.get(DELEGATION_PROGRAM_VERSION) == "dspy-base"
         listed = [
-            wf.id
-            async for wf in h.client.list_workflows(f'DelegationVariant="dspy" AND WorkflowId="{handle.id}"')
+            wf.id async for wf in h.client.list_workflows(f'DelegationVariant="dspy" AND WorkflowId="{handle.id}"')
         ]
         # Visibility is eventually consistent on the dev server; the describe above is authoritative.
         assert listed in ([], [handle.id])

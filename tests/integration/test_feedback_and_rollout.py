@@ -78,7 +78,11 @@ async def test_feedback_is_stored_once_through_the_workflow(harness) -> None:  #
         )
         receipt = await asyncio.wait_for(send_feedback(h.client, feedback, task_queue=h.task_queue), 60)
         assert receipt.result == "stored"
-        assert (receipt.workflow_id, receipt.run_id, receipt.task_id) == (record.workflow_id, record.run_id, record.task_id)
+        assert (receipt.workflow_id, receipt.run_id, receipt.task_id) == (
+            record.workflow_id,
+            record.run_id,
+            record.task_id,
+        )
         assert receipt.decided_assignee_id == "backend-engineer" and receipt.variant == "instructor"
         assert receipt.correct_assignee_id == "it-ops-agent"
 
@@ -86,7 +90,10 @@ async def test_feedback_is_stored_once_through_the_workflow(harness) -> None:  #
         assert again.result == "unchanged"
         # The same feedback named by workflow id is the same feedback.
         by_workflow = DelegationFeedback(
-            workflow_id=record.workflow_id, outcome="reassigned", correct_assignee_id="it-ops-agent", comment="infra issue"
+            workflow_id=record.workflow_id,
+            outcome="reassigned",
+            correct_assignee_id="it-ops-agent",
+            comment="infra issue",
         )
         assert (await asyncio.wait_for(send_feedback(h.client, by_workflow, task_queue=h.task_queue), 60)).result == (
             "unchanged"
@@ -256,9 +263,10 @@ SMALL_LIMITS = GuardrailLimits(window=5, min_decisions=3, max_error_rate=0.5, ma
 
 
 async def test_guardrail_rolls_dspy_back_after_failures(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
-    async with guarded_worker(
-        temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS
-    ) as (h, control):
+    async with guarded_worker(temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS) as (
+        h,
+        control,
+    ):
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100, DSPY_GUARDRAIL_ENABLED=True)
         failing = [await h.decide(h.request(f"Invoice {i} from the print shop", name=f"inv{i}")) for i in range(3)]
         for record in failing:
@@ -295,9 +303,10 @@ async def test_guardrail_rolls_dspy_back_after_failures(temporal_env: WorkflowEn
 
 
 async def test_guardrail_off_does_not_roll_back(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
-    async with guarded_worker(
-        temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS
-    ) as (h, control):
+    async with guarded_worker(temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS) as (
+        h,
+        control,
+    ):
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100, DSPY_GUARDRAIL_ENABLED=False)
         records = [await h.decide(h.request(f"Invoice {i} from the print shop", name=f"inv{i}")) for i in range(5)]
         for record in records:
@@ -325,9 +334,10 @@ async def test_concurrent_decisions_roll_back_once(temporal_env: WorkflowEnviron
     ``test_requests_routed_while_the_guardrail_trips_go_to_instructor``): requests that read the
     flags before the rollback and waited for the guardrail's lock are routed to DSPy.
     """
-    async with guarded_worker(
-        temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS
-    ) as (h, control):
+    async with guarded_worker(temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS) as (
+        h,
+        control,
+    ):
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100, DSPY_GUARDRAIL_ENABLED=True)
         for i in range(3):
             await h.decide(h.request(f"Invoice {i} from the print shop", name=f"inv{i}"))

@@ -50,8 +50,14 @@ SECOND_BATCH = {
 @pytest.fixture
 def small_dataset(tmp_path: Path) -> Path:
     """A slice of the shipped examples: each split gets "self" tasks and delegated ones."""
-    quota = {("train", True): 4, ("train", False): 8, ("dev", True): 2, ("dev", False): 4,
-             ("test", True): 2, ("test", False): 4}
+    quota = {
+        ("train", True): 4,
+        ("train", False): 8,
+        ("dev", True): 2,
+        ("dev", False): 4,
+        ("test", True): 2,
+        ("test", False): 4,
+    }
     chosen = []
     for example in load_examples(DEFAULT_DATASET):
         key = (example.split, example.label == "self")
@@ -89,7 +95,9 @@ def fail_in_production(store: DecisionStore, tasks: dict[str, tuple[str, str]]) 
         store.record_feedback(feedback, datetime.now(UTC))
 
 
-async def run_once(env: WorkflowEnvironment, task_queue: str, options: ReoptimizeInput) -> tuple[ReoptimizeReport, dict]:
+async def run_once(
+    env: WorkflowEnvironment, task_queue: str, options: ReoptimizeInput
+) -> tuple[ReoptimizeReport, dict]:
     handle = await env.client.start_workflow(
         ReoptimizeDelegationWorkflow.run, options, id=f"reopt-{uuid.uuid4().hex}", task_queue=task_queue
     )
@@ -168,7 +176,9 @@ async def test_review_lists_fallbacks_and_low_confidence_without_training_on_the
     unsure = DelegationRequest(task_id="t-unsure", title="Look into the odd invoice")
     sure = DelegationRequest(task_id="t-sure", title="Summarize the notes")
     decided = DelegationDecision(assignee_id="self", confidence=0.95)
-    store.record(decision_record(fallback, variant="instructor", fallback_used=True, decision=decided), log_to_file=False)
+    store.record(
+        decision_record(fallback, variant="instructor", fallback_used=True, decision=decided), log_to_file=False
+    )
     store.record(
         decision_record(unsure, decision=DelegationDecision(assignee_id="finance-manager", confidence=0.3)),
         log_to_file=False,
@@ -179,10 +189,15 @@ async def test_review_lists_fallbacks_and_low_confidence_without_training_on_the
     with ScriptedOpenAI(demo_aware(labels_for(small_dataset))) as server:
         endpoint = endpoint_for(server.base_url)
         activities = ReoptimizationActivities(
-            store=store, registry=registry,
+            store=store,
+            registry=registry,
             training_sets=TrainingSetStore(tmp_path / "artifacts" / "training_sets", small_dataset),
-            lm=build_dspy_lm(endpoint), endpoint=endpoint, dataset=small_dataset,
-            margin=0.02, review_confidence_below=0.5, heartbeat_every_s=0.2,
+            lm=build_dspy_lm(endpoint),
+            endpoint=endpoint,
+            dataset=small_dataset,
+            margin=0.02,
+            review_confidence_below=0.5,
+            heartbeat_every_s=0.2,
         )
         task_queue = f"reopt-test-{uuid.uuid4().hex}"
         async with build_reoptimization_worker(temporal_env.client, activities, task_queue=task_queue):

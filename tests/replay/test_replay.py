@@ -16,8 +16,9 @@ HISTORIES = sorted((Path(__file__).resolve().parents[1] / "histories").glob("*.j
 
 def test_histories_cover_both_routes() -> None:
     names = {path.stem for path in HISTORIES}
-    expected = {f"{case}_{mode}" for case in ("instructor_route", "dspy_route", "dspy_fallback")
-                for mode in ("local", "remote")}
+    expected = {
+        f"{case}_{mode}" for case in ("instructor_route", "dspy_route", "dspy_fallback") for mode in ("local", "remote")
+    }
     assert expected <= names
 
 

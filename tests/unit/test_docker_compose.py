@@ -24,14 +24,23 @@ def test_services_of_the_production_shape() -> None:
 def test_worker_variables_are_settings_the_service_reads() -> None:
     env = SERVICES["worker"]["environment"]
     required = {
-        "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_TIMEOUT_S",
-        "USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS",
+        "TEMPORAL_ADDRESS",
+        "TEMPORAL_NAMESPACE",
+        "LLM_BASE_URL",
+        "LLM_API_KEY",
+        "LLM_MODEL",
+        "LLM_TIMEOUT_S",
+        "USE_DSPY_DELEGATION",
+        "DSPY_ROLLOUT_PERCENTAGE",
+        "LOG_DELEGATION_DECISIONS",
     }
     assert required <= set(env)
     assert env["TEMPORAL_ADDRESS"] == "temporal:7233"
     assert env["LLM_BASE_URL"].endswith("http://llm:8080/v1}")
     known = {field.alias for field in Settings.model_fields.values()} | {
-        "USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS"
+        "USE_DSPY_DELEGATION",
+        "DSPY_ROLLOUT_PERCENTAGE",
+        "LOG_DELEGATION_DECISIONS",
     }
     assert set(env) <= known, f"variables nothing reads: {set(env) - known}"
     assert SERVICES["worker"]["command"] == ["python", "-m", "delegation.worker"]

@@ -22,7 +22,9 @@ SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
 def test_committed_schema_matches_model(filename: str, model: type) -> None:
     assert SCHEMA_MODELS[filename] is model
     committed = (SCHEMA_DIR / filename).read_text(encoding="utf-8")
-    assert committed == schema_text(model), f"schemas/{filename} is stale: regenerate it with `delegation schemas export`"
+    assert committed == schema_text(model), (
+        f"schemas/{filename} is stale: regenerate it with `delegation schemas export`"
+    )
 
 
 def test_every_schema_model_has_a_committed_file() -> None:

@@ -51,8 +51,11 @@ def test_demo_answers_are_one_line_json_and_there_is_no_format_reminder() -> Non
     messages = render(TEAM, [demo(TEAM, "Refund Ana", "finance-manager")])
     answer = messages[2]["content"]
     assert "\n" not in answer
-    assert json.loads(answer) == {"assignee_id": "finance-manager", "confidence": 0.9,
-                                  "reasoning": "Rule 2: invoice payment."}
+    assert json.loads(answer) == {
+        "assignee_id": "finance-manager",
+        "confidence": 0.9,
+        "reasoning": "Rule 2: invoice payment.",
+    }
     assert "Respond with" not in messages[-1]["content"]
     assert messages[-1]["content"].rstrip().endswith("</task>")
 

@@ -34,7 +34,9 @@ def test_llm_api_key_wins_over_openai_api_key() -> None:
 
 def test_nothing_configured_means_the_embedded_model_on_loopback() -> None:
     endpoint = resolve_endpoint(_settings(LOCAL_LLM_PORT=8123))
-    assert endpoint.embedded and endpoint.base_url == "http://127.0.0.1:8123/v1" and endpoint.model == EMBEDDED_MODEL_NAME
+    assert (
+        endpoint.embedded and endpoint.base_url == "http://127.0.0.1:8123/v1" and endpoint.model == EMBEDDED_MODEL_NAME
+    )
 
 
 def test_the_key_never_prints_and_is_redacted_from_errors() -> None:
@@ -58,7 +60,11 @@ def test_clients_have_transport_retries_off() -> None:
     [
         ({}, "remote", 1),  # embedded: seconds per call, one slot
         ({"LLM_BASE_URL": "http://127.0.0.1:9/v1"}, "local", 16),
-        ({"LLM_BASE_URL": "http://127.0.0.1:9/v1", "DECIDER_ACTIVITY": "remote", "LLM_MAX_CONCURRENCY": 3}, "remote", 3),
+        (
+            {"LLM_BASE_URL": "http://127.0.0.1:9/v1", "DECIDER_ACTIVITY": "remote", "LLM_MAX_CONCURRENCY": 3},
+            "remote",
+            3,
+        ),
         ({"DECIDER_ACTIVITY": "local", "LOCAL_LLM_PARALLEL": 2}, "local", 2),
     ],
 )

@@ -33,8 +33,14 @@ async def test_valid_answer_becomes_a_decision_and_the_request_carries_policy_an
     schema = sent["response_format"]["json_schema"]["schema"]
     assert sent["response_format"]["type"] == "json_schema"
     assert set(schema["properties"]["assignee_id"]["enum"]) == {
-        "self", "backend-engineer", "product-designer", "finance-manager",
-        "legal-counsel", "people-ops", "research-agent", "it-ops-agent",
+        "self",
+        "backend-engineer",
+        "product-designer",
+        "finance-manager",
+        "legal-counsel",
+        "people-ops",
+        "research-agent",
+        "it-ops-agent",
     }
     assert "Fix the production database outage" in last_user_text(sent)
     assert {k.lower(): v for k, v in server.headers[0].items()}["authorization"] == f"Bearer {TEST_API_KEY}"

@@ -98,12 +98,15 @@ def test_split_does_not_depend_on_load_order(tmp_path: Path) -> None:
 
 
 def test_clean_file_has_no_problems(tmp_path: Path) -> None:
-    path = _write(tmp_path / "clean.jsonl", [
-        {"id": "c-1", "title": "Renew the lease agreement", "priority": "high", "label": "legal-counsel"},
-        {"id": "c-2", "title": "Book a freight truck", "assignees": OWN_TEAM, "label": "logistics"},
-        "",
-        {"id": "c-3", "title": "Proofread the newsletter", "label": "self"},
-    ])
+    path = _write(
+        tmp_path / "clean.jsonl",
+        [
+            {"id": "c-1", "title": "Renew the lease agreement", "priority": "high", "label": "legal-counsel"},
+            {"id": "c-2", "title": "Book a freight truck", "assignees": OWN_TEAM, "label": "logistics"},
+            "",
+            {"id": "c-3", "title": "Proofread the newsletter", "label": "self"},
+        ],
+    )
     examples, problems = check_files([path])
     assert problems == []
     assert [e.id for e in examples] == ["c-1", "c-2", "c-3"]
@@ -140,13 +143,19 @@ def test_missing_title_names_the_field_not_the_input(tmp_path: Path) -> None:
 
 
 def test_duplicate_id_across_files_is_reported(tmp_path: Path) -> None:
-    first = _write(tmp_path / "first.jsonl", [
-        {"id": "d-1", "title": "Proofread the memo", "label": "self"},
-    ])
-    second = _write(tmp_path / "second.jsonl", [
-        {"id": "d-2", "title": "Reset my password", "label": "it-ops-agent"},
-        {"id": "d-1", "title": "Fix the login bug", "label": "backend-engineer"},
-    ])
+    first = _write(
+        tmp_path / "first.jsonl",
+        [
+            {"id": "d-1", "title": "Proofread the memo", "label": "self"},
+        ],
+    )
+    second = _write(
+        tmp_path / "second.jsonl",
+        [
+            {"id": "d-2", "title": "Reset my password", "label": "it-ops-agent"},
+            {"id": "d-1", "title": "Fix the login bug", "label": "backend-engineer"},
+        ],
+    )
     _, problems = check_files([first, second])
     assert problems == [f"{second}:2: duplicate id 'd-1' (first at {first}:1)"]
 
@@ -154,10 +163,13 @@ def test_duplicate_id_across_files_is_reported(tmp_path: Path) -> None:
 def test_same_title_in_two_splits_is_reported(tmp_path: Path) -> None:
     train_id, dev_id = next(_ids_in("train")), next(_ids_in("dev"))
     assert split_of(train_id) != split_of(dev_id)
-    path = _write(tmp_path / "leak.jsonl", [
-        {"id": train_id, "title": "Summarize the board meeting", "label": "self"},
-        {"id": dev_id, "title": "  summarize the BOARD   meeting ", "label": "self"},
-    ])
+    path = _write(
+        tmp_path / "leak.jsonl",
+        [
+            {"id": train_id, "title": "Summarize the board meeting", "label": "self"},
+            {"id": dev_id, "title": "  summarize the BOARD   meeting ", "label": "self"},
+        ],
+    )
     _, problems = check_files([path])
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{path}:2: text shared with {path}:1 across splits")
@@ -166,20 +178,26 @@ def test_same_title_in_two_splits_is_reported(tmp_path: Path) -> None:
 
 def test_same_title_within_one_split_is_allowed(tmp_path: Path) -> None:
     ids = _ids_in("test")
-    path = _write(tmp_path / "same.jsonl", [
-        {"id": next(ids), "title": "Summarize the board meeting", "label": "self"},
-        {"id": next(ids), "title": "Summarize the board meeting", "label": "self"},
-    ])
+    path = _write(
+        tmp_path / "same.jsonl",
+        [
+            {"id": next(ids), "title": "Summarize the board meeting", "label": "self"},
+            {"id": next(ids), "title": "Summarize the board meeting", "label": "self"},
+        ],
+    )
     _, problems = check_files([path])
     assert problems == []
 
 
 def test_load_examples_raises_listing_every_problem(tmp_path: Path) -> None:
-    path = _write(tmp_path / "bad.jsonl", [
-        "not json at all",
-        {"id": "x-2", "title": "Fix it", "priority": "asap", "label": "self"},
-        {"id": "x-3", "title": "Proofread the memo", "label": "self"},
-    ])
+    path = _write(
+        tmp_path / "bad.jsonl",
+        [
+            "not json at all",
+            {"id": "x-2", "title": "Fix it", "priority": "asap", "label": "self"},
+            {"id": "x-3", "title": "Proofread the memo", "label": "self"},
+        ],
+    )
     with pytest.raises(DatasetError) as caught:
         load_examples(path)
     message = str(caught.value)

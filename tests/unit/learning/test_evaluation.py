@@ -23,8 +23,10 @@ def _example(label: str = "legal-counsel", candidate_ids: list[str] | None = Non
 def test_exact_match_scores_the_right_assignee_one() -> None:
     assert exact_match(_example(), dspy.Prediction(assignee_id="legal-counsel")) == 1.0
     assert exact_match(_example(), dspy.Prediction(assignee_id="  legal-counsel \n")) == 1.0
-    assert exact_match(_example(candidate_ids=["self", "legal-counsel"]),
-                       dspy.Prediction(assignee_id="legal-counsel")) == 1.0
+    assert (
+        exact_match(_example(candidate_ids=["self", "legal-counsel"]), dspy.Prediction(assignee_id="legal-counsel"))
+        == 1.0
+    )
 
 
 def test_exact_match_scores_a_wrong_assignee_zero() -> None:
@@ -45,10 +47,22 @@ def test_exact_match_scores_a_missing_answer_zero() -> None:
 # ---- summarize ----------------------------------------------------------------------------------
 
 
-def _o(example_id: str, label: str, predicted: str | None, confidence: float | None, latency_ms: float,
-       error: str | None = None) -> Outcome:
-    return Outcome(example_id=example_id, label=label, predicted=predicted, confidence=confidence,
-                   latency_ms=latency_ms, error=error)
+def _o(
+    example_id: str,
+    label: str,
+    predicted: str | None,
+    confidence: float | None,
+    latency_ms: float,
+    error: str | None = None,
+) -> Outcome:
+    return Outcome(
+        example_id=example_id,
+        label=label,
+        predicted=predicted,
+        confidence=confidence,
+        latency_ms=latency_ms,
+        error=error,
+    )
 
 
 OUTCOMES = [
@@ -92,7 +106,10 @@ def test_summary_per_assignee_precision_and_recall() -> None:
     scores = _report().per_assignee
     assert set(scores) == {"legal-counsel", "finance-manager", "self"}
     # legal-counsel: predicted for 1 and 4, right on 1; labeled on 1 and 2
-    assert (scores["legal-counsel"].precision, scores["legal-counsel"].recall) == (pytest.approx(0.5), pytest.approx(0.5))
+    assert (scores["legal-counsel"].precision, scores["legal-counsel"].recall) == (
+        pytest.approx(0.5),
+        pytest.approx(0.5),
+    )
     assert scores["legal-counsel"].support == 2
     # finance-manager: predicted once (wrong), labeled once (errored)
     assert scores["finance-manager"].precision == 0.0
@@ -121,8 +138,9 @@ def test_summary_confusion_counts_with_errors_marked() -> None:
 
 
 def test_summary_of_errors_only_has_no_confidence_or_latency() -> None:
-    report = summarize([_o("1", "self", None, None, 12.0, error="boom")], variant="dspy", program_version="v",
-                       model="m")
+    report = summarize(
+        [_o("1", "self", None, None, 12.0, error="boom")], variant="dspy", program_version="v", model="m"
+    )
     assert report.accuracy == 0.0 and report.error_rate == 1.0
     assert report.avg_confidence is None and report.brier_score is None
     assert report.p50_latency_ms is None and report.p95_latency_ms is None
@@ -130,7 +148,13 @@ def test_summary_of_errors_only_has_no_confidence_or_latency() -> None:
 
 def test_summary_of_nothing_is_zero() -> None:
     report = summarize([], variant="dspy", program_version="v", model="m")
-    assert (report.n, report.accuracy, report.error_rate, report.per_assignee, report.confusion) == (0, 0.0, 0.0, {}, {})
+    assert (report.n, report.accuracy, report.error_rate, report.per_assignee, report.confusion) == (
+        0,
+        0.0,
+        0.0,
+        {},
+        {},
+    )
 
 
 # ---- run_decider --------------------------------------------------------------------------------
@@ -166,8 +190,11 @@ EXAMPLES = [
 @pytest.mark.parametrize("concurrency", [1, 3])
 async def test_run_decider_records_outcomes_in_order_and_failures_as_errors(concurrency: int) -> None:
     decider = StubDecider(
-        {"Renew the lease agreement": "legal-counsel", "Proofread the memo": "research-agent",
-         "Pay the hosting invoice": "finance-manager"},
+        {
+            "Renew the lease agreement": "legal-counsel",
+            "Proofread the memo": "research-agent",
+            "Pay the hosting invoice": "finance-manager",
+        },
         failing_title="The database is down",
     )
     done: list[Outcome] = []

@@ -39,9 +39,7 @@ DEV = [
 
 
 def _always_right_lm(examples: list[LabeledExample]) -> DummyLM:
-    answers = {
-        e.title: {"assignee_id": e.label, "confidence": 0.9, "reasoning": "scripted"} for e in examples
-    }
+    answers = {e.title: {"assignee_id": e.label, "confidence": 0.9, "reasoning": "scripted"} for e in examples}
     return DummyLM(answers, adapter=dspy.JSONAdapter())
 
 
@@ -121,7 +119,11 @@ def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) ->
     lm = _always_right_lm(TRAIN + DEV)
 
     result = optimize(
-        registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
+        registry=registry,
+        lm=lm,
+        endpoint=endpoint_for("http://127.0.0.1:9/v1"),
+        train=TRAIN,
+        dev=DEV,
         config=OptimizerConfig("labeled", max_demos=2, seed=7),
     )
 
@@ -160,14 +162,16 @@ def test_optimize_records_base_and_optimized_scores_separately(tmp_path: Path) -
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
     # One call at a time, dev in order: first the base module (right on 2 of 4), then the optimized one (4 of 4).
     wrong = {"d-1": "self", "d-3": "research-agent"}
-    base_answers = [
-        {"assignee_id": wrong.get(e.id, e.label), "confidence": 0.5, "reasoning": "base"} for e in DEV
-    ]
+    base_answers = [{"assignee_id": wrong.get(e.id, e.label), "confidence": 0.5, "reasoning": "base"} for e in DEV]
     optimized_answers = [{"assignee_id": e.label, "confidence": 0.9, "reasoning": "optimized"} for e in DEV]
     lm = DummyLM(base_answers + optimized_answers, adapter=dspy.JSONAdapter())
 
     result = optimize(
-        registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
+        registry=registry,
+        lm=lm,
+        endpoint=endpoint_for("http://127.0.0.1:9/v1"),
+        train=TRAIN,
+        dev=DEV,
         config=OptimizerConfig("labeled", max_demos=3, seed=7),
     )
 
@@ -183,7 +187,10 @@ def test_optimize_records_base_and_optimized_scores_separately(tmp_path: Path) -
 def test_optimize_records_the_champion_as_parent(tmp_path: Path) -> None:
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
     common = {
-        "registry": registry, "endpoint": endpoint_for("http://127.0.0.1:9/v1"), "train": TRAIN, "dev": DEV,
+        "registry": registry,
+        "endpoint": endpoint_for("http://127.0.0.1:9/v1"),
+        "train": TRAIN,
+        "dev": DEV,
         "config": OptimizerConfig("labeled", max_demos=2, seed=7),
     }
     optimize(lm=_always_right_lm(TRAIN + DEV), **common)  # type: ignore[arg-type]
@@ -204,7 +211,11 @@ def test_optimize_without_examples_writes_nothing(
     lm = _always_right_lm(TRAIN + DEV)
     with pytest.raises(OptimizationError, match="need train and dev examples"):
         optimize(
-            registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=train, dev=dev,
+            registry=registry,
+            lm=lm,
+            endpoint=endpoint_for("http://127.0.0.1:9/v1"),
+            train=train,
+            dev=dev,
             config=OptimizerConfig("labeled", max_demos=2, seed=7),
         )
     assert registry.versions() == []
@@ -219,7 +230,11 @@ def test_a_folder_outside_the_registry_is_refused_before_any_llm_call(tmp_path: 
     lm = _always_right_lm(TRAIN + DEV)
     with pytest.raises(RegistryError, match="versions are written to"):
         optimize(
-            registry=registry, lm=lm, endpoint=endpoint_for("http://127.0.0.1:9/v1"), train=TRAIN, dev=DEV,
+            registry=registry,
+            lm=lm,
+            endpoint=endpoint_for("http://127.0.0.1:9/v1"),
+            train=TRAIN,
+            dev=DEV,
             config=OptimizerConfig("labeled", max_demos=2, seed=7),
             artifact_directory=tmp_path / "elsewhere",
         )

@@ -9,8 +9,15 @@ from delegation.learning.promotion import promotion_verdict
 
 
 def scores(dev: float, test: float, dev_err: float = 0.0, test_err: float = 0.0, version: str = "v") -> Scores:
-    return Scores(version=version, dev_accuracy=dev, dev_error_rate=dev_err, test_accuracy=test,
-                  test_error_rate=test_err, dev_n=60, test_n=60)
+    return Scores(
+        version=version,
+        dev_accuracy=dev,
+        dev_error_rate=dev_err,
+        test_accuracy=test,
+        test_error_rate=test_err,
+        dev_n=60,
+        test_n=60,
+    )
 
 
 def verdict(challenger: Scores, champion: Scores, margin: float = 0.02) -> tuple[bool, str]:

@@ -53,8 +53,11 @@ def _program(with_demo: bool = False) -> DelegationDecider:
     if with_demo:
         program.route.demos = [
             dspy.Example(
-                candidates="- self (agent): writes", task="<task>\nTitle: Draft a reply\n</task>",
-                assignee_id="self", confidence=0.9, reasoning="Rule 8: writing.",
+                candidates="- self (agent): writes",
+                task="<task>\nTitle: Draft a reply\n</task>",
+                assignee_id="self",
+                confidence=0.9,
+                reasoning="Rule 8: writing.",
             ).with_inputs("candidates", "task")
         ]
     return program

@@ -23,10 +23,15 @@ def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:
 def test_promoting_at_run_time_leaves_the_shipped_files_untouched(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in BUILTIN_DIR.iterdir() if p.is_file()}
     registry = ArtifactRegistry(tmp_path / "artifacts")
-    registry.write_version(registry.load(1).program, {
-        **registry.manifest(1).model_dump(exclude={"version", "sha256", "created_at"}),
-        "status": "candidate", "status_reason": "test", "parent_version": 1,
-    })
+    registry.write_version(
+        registry.load(1).program,
+        {
+            **registry.manifest(1).model_dump(exclude={"version", "sha256", "created_at"}),
+            "status": "candidate",
+            "status_reason": "test",
+            "parent_version": 1,
+        },
+    )
     registry.promote(2)
     assert registry.champion() == 2
     assert registry.rollback() == 1

@@ -109,7 +109,7 @@ def test_versions_grow_by_appending_and_files_pass_the_dataset_check(store: Trai
     assert (first.version, first.added, first.duplicates, first.redactions) == (1, 2, 0, 1)
     v1 = store.load(1)
     assert v1[: len(BASE_TRAIN)] == BASE_TRAIN  # the base train split is in version 1
-    assert [e.id for e in v1[len(BASE_TRAIN):]] == [
+    assert [e.id for e in v1[len(BASE_TRAIN) :]] == [
         example_id_for("delegation-task-1:run-1"),
         example_id_for("delegation-task-2:run-2"),
     ]
@@ -294,10 +294,21 @@ def test_a_changed_base_dataset_evicts_feedback_now_in_dev(tmp_path: Path) -> No
 def test_an_example_can_be_made_from_a_decision_record() -> None:
     request = DelegationRequest(task_id="t-9", title="Renew the TLS certificate")
     record = DecisionRecord(
-        workflow_id="delegation-t-9", run_id="r-1", task_id="t-9", request=request,
+        workflow_id="delegation-t-9",
+        run_id="r-1",
+        task_id="t-9",
+        request=request,
         decision=DelegationDecision(assignee_id="backend-engineer", confidence=0.4),
-        variant="dspy", assigned_variant="dspy", program_version="v1", model="m", latency_ms=1.0,
-        fallback_used=False, error=None, bucket=1, rollout_percentage=100, decided_at=datetime.now(UTC),
+        variant="dspy",
+        assigned_variant="dspy",
+        program_version="v1",
+        model="m",
+        latency_ms=1.0,
+        fallback_used=False,
+        error=None,
+        bucket=1,
+        rollout_percentage=100,
+        decided_at=datetime.now(UTC),
     )
     failed = FailedExample.from_record(record, "it-ops-agent")
     assert failed == FailedExample("delegation-t-9:r-1", request, "it-ops-agent")
@@ -313,4 +324,6 @@ def test_concurrent_runs_write_consecutive_versions(tmp_path: Path) -> None:
     assert sorted(r.version for r in results) == [1, 2, 3, 4]
     final = stores[0].load(4)
     assert len(final) == len(BASE_TRAIN) + 4
-    assert {e.id for e in final[len(BASE_TRAIN):]} == {example_id_for(f"delegation-task-{i}:run-{i}") for i in range(4)}
+    assert {e.id for e in final[len(BASE_TRAIN) :]} == {
+        example_id_for(f"delegation-task-{i}:run-{i}") for i in range(4)
+    }

@@ -245,7 +245,9 @@ def test_last_guardrail_trip_is_cleared_when_the_operator_moves_the_rollout_with
 
     status = json.loads(runner.invoke(app, ["rollout", "status", "--json"]).output)
     assert status["flags"]["DSPY_ROLLOUT_PERCENTAGE"] == 50
-    assert status["guardrail"]["last_trip"] is None, "DSPy serves 50 % again, yet status still reports the guardrail trip"
+    assert status["guardrail"]["last_trip"] is None, (
+        "DSPy serves 50 % again, yet status still reports the guardrail trip"
+    )
 
 
 # ---- the guardrail in the flags activity --------------------------------------------------------
@@ -344,8 +346,12 @@ def test_rollout_status_json_shows_flags_champion_live_split_and_guardrail(monke
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["environment"] == "test"
-    assert status["flags"] == {**DEFAULT_FLAGS, "USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25,
-                               "DSPY_GUARDRAIL_ENABLED": True}
+    assert status["flags"] == {
+        **DEFAULT_FLAGS,
+        "USE_DSPY_DELEGATION": True,
+        "DSPY_ROLLOUT_PERCENTAGE": 25,
+        "DSPY_GUARDRAIL_ENABLED": True,
+    }
     assert status["flags_file"] == str(settings.flags_file)
     assert status["flags_error"] is None
     assert status["champion_version"] == 1
@@ -420,5 +426,7 @@ def test_staging_keeps_its_own_flags_file_and_audit_log(monkeypatch: pytest.Monk
 def test_limits_that_could_never_trip_are_refused() -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="GUARDRAIL_MIN_DECISIONS \\(60\\) is larger than GUARDRAIL_WINDOW \\(50\\)"):
+    with pytest.raises(
+        ValidationError, match="GUARDRAIL_MIN_DECISIONS \\(60\\) is larger than GUARDRAIL_WINDOW \\(50\\)"
+    ):
         GuardrailLimits(window=50, min_decisions=60)

@@ -228,7 +228,9 @@ def test_read_flags_file_rejects_bad_files(tmp_path: Path, content: str, fragmen
 
 
 def test_write_flags_file_writes_valid_values(flags_file: Path) -> None:
-    result = write_flags_file(flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}, updated_by="test")
+    result = write_flags_file(
+        flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}, updated_by="test"
+    )
     assert result.use_dspy_delegation is True and result.dspy_rollout_percentage == 10
     document = json.loads(flags_file.read_text(encoding="utf-8"))
     assert document["flags"] == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}

@@ -101,7 +101,9 @@ DSPY_OUTCOMES = ["accepted"] * 5 + ["failed", None, None]
 def _fill_known(store: DecisionStore) -> Filler:
     """10 Instructor-arm decisions, 10 DSPy-arm ones (8 normal, 1 fallback, 1 with no decision)."""
     filler = Filler(store)
-    for latency, confidence, outcome in zip(INSTRUCTOR_LATENCIES, INSTRUCTOR_CONFIDENCES, INSTRUCTOR_OUTCOMES, strict=True):
+    for latency, confidence, outcome in zip(
+        INSTRUCTOR_LATENCIES, INSTRUCTOR_CONFIDENCES, INSTRUCTOR_OUTCOMES, strict=True
+    ):
         filler.add("instructor", latency_ms=latency, confidence=confidence, outcome=outcome)
     for latency, outcome in zip(DSPY_LATENCIES, DSPY_OUTCOMES, strict=True):
         filler.add("dspy", latency_ms=latency, confidence=0.9, outcome=outcome)
@@ -118,8 +120,9 @@ def store(tmp_path: Path) -> DecisionStore:
 @pytest.fixture
 def known(store: DecisionStore) -> ABReport:
     _fill_known(store)
-    return build_report(store.decisions(), since=None, until=NOW, optimization=(0.40, 0.50),
-                        optimization_note="champion v1")
+    return build_report(
+        store.decisions(), since=None, until=NOW, optimization=(0.40, 0.50), optimization_note="champion v1"
+    )
 
 
 # ---- per-arm numbers ---------------------------------------------------------------------------------
@@ -157,7 +160,11 @@ def test_confidence_mean_and_t_interval(known: ABReport) -> None:
     mean, sem = np.mean(INSTRUCTOR_CONFIDENCES), stats.sem(INSTRUCTOR_CONFIDENCES)
     low, high = stats.t.interval(0.95, df=9, loc=mean, scale=sem)
     assert (est.value, est.ci_low, est.ci_high, est.n) == (
-        pytest.approx(0.77), pytest.approx(low), pytest.approx(high), 10)
+        pytest.approx(0.77),
+        pytest.approx(low),
+        pytest.approx(high),
+        10,
+    )
     # Over the 9 answered DSPy-arm decisions; the failed one has no confidence.
     assert known.arms["dspy"].avg_confidence.value == pytest.approx((8 * 0.9 + 0.5) / 9)
 
@@ -247,11 +254,17 @@ def test_window_is_since_exclusive_until_inclusive(store: DecisionStore) -> None
 
 def _pure(assigned: Sequence[str], rollout: int) -> list[StoredDecision]:
     return [
-        StoredDecision(record=decision_record(
-            request(task_id=f"srm-{i}"), run_id=f"run-{i}", assigned_variant=variant, variant=variant,
-            decision=DelegationDecision(assignee_id="self", confidence=0.9), rollout_percentage=rollout,
-            decided_at=NOW - timedelta(seconds=i),
-        ))
+        StoredDecision(
+            record=decision_record(
+                request(task_id=f"srm-{i}"),
+                run_id=f"run-{i}",
+                assigned_variant=variant,
+                variant=variant,
+                decision=DelegationDecision(assignee_id="self", confidence=0.9),
+                rollout_percentage=rollout,
+                decided_at=NOW - timedelta(seconds=i),
+            )
+        )
         for i, variant in enumerate(assigned)
     ]
 
@@ -275,8 +288,10 @@ def test_srm_is_not_flagged_on_a_balanced_split() -> None:
 def test_srm_expected_share_is_the_mean_recorded_rollout() -> None:
     # 100 decisions at 10 % and 100 at 30 %: the window expected 20 % on DSPy; 40 of 200 is right on it.
     decisions = _pure(["dspy"] * 10 + ["instructor"] * 90, 10) + _pure(["dspy"] * 30 + ["instructor"] * 70, 30)
-    decisions = [d.model_copy(update={"record": d.record.model_copy(update={"run_id": f"r{i}"})})
-                 for i, d in enumerate(decisions)]
+    decisions = [
+        d.model_copy(update={"record": d.record.model_copy(update={"run_id": f"r{i}"})})
+        for i, d in enumerate(decisions)
+    ]
     srm = build_report(decisions, since=None, until=NOW, optimization=None).sample_ratio
     assert srm.expected_dspy_share == pytest.approx(0.2)
     assert srm.mismatch is False
@@ -301,11 +316,18 @@ def test_criteria_fail_on_the_known_numbers(known: ABReport) -> None:
 
 def test_criteria_pass_on_good_numbers() -> None:
     decisions = [
-        StoredDecision(record=decision_record(
-            request(task_id=f"good-{i}"), run_id=f"run-{i}", assigned_variant="dspy", variant="dspy",
-            decision=DelegationDecision(assignee_id="self", confidence=0.85), latency_ms=1000.0 + i,
-            rollout_percentage=100, decided_at=NOW - timedelta(seconds=i),
-        ))
+        StoredDecision(
+            record=decision_record(
+                request(task_id=f"good-{i}"),
+                run_id=f"run-{i}",
+                assigned_variant="dspy",
+                variant="dspy",
+                decision=DelegationDecision(assignee_id="self", confidence=0.85),
+                latency_ms=1000.0 + i,
+                rollout_percentage=100,
+                decided_at=NOW - timedelta(seconds=i),
+            )
+        )
         for i in range(100)
     ]
     report = build_report(decisions, since=None, until=NOW, optimization=(0.40, 0.44))
@@ -317,8 +339,13 @@ def test_criteria_pass_on_good_numbers() -> None:
 
 
 def test_improvement_is_na_with_the_reason_when_missing_or_undefined() -> None:
-    missing = build_report([], since=None, until=NOW, optimization=None,
-                           optimization_note="champion manifest unreadable: RegistryError: broken")
+    missing = build_report(
+        [],
+        since=None,
+        until=NOW,
+        optimization=None,
+        optimization_note="champion manifest unreadable: RegistryError: broken",
+    )
     assert missing.criteria[0].status == "n/a"
     assert "RegistryError: broken" in missing.criteria[0].detail
     zero = build_report([], since=None, until=NOW, optimization=(0.0, 0.3))
@@ -342,8 +369,9 @@ def test_render_prints_tables_criteria_lines_and_the_analysis(known: ABReport) -
 # ---- plot -----------------------------------------------------------------------------------------
 
 
-def test_plot_writes_a_png_atomically_and_refuses_other_suffixes(store: DecisionStore, known: ABReport,
-                                                                 tmp_path: Path) -> None:
+def test_plot_writes_a_png_atomically_and_refuses_other_suffixes(
+    store: DecisionStore, known: ABReport, tmp_path: Path
+) -> None:
     out = tmp_path / "charts" / "ab.png"
     plot_report(known, store.decisions(), out)
     assert out.read_bytes()[:8] == PNG_SIGNATURE
@@ -395,8 +423,12 @@ def test_cli_plot_writes_a_png(tmp_path: Path) -> None:
     filler = Filler(_settings_store())
     now = datetime.now(UTC)
     for k in range(6):
-        filler.add("instructor" if k % 2 else "dspy", latency_ms=100.0 * (k + 1), outcome="accepted",
-                   decided_at=now - timedelta(minutes=k + 1))
+        filler.add(
+            "instructor" if k % 2 else "dspy",
+            latency_ms=100.0 * (k + 1),
+            outcome="accepted",
+            decided_at=now - timedelta(minutes=k + 1),
+        )
     out = tmp_path / "report.png"
     result = runner.invoke(_cli(), ["report", "--plot", str(out)])
     assert result.exit_code == 0, result.output

@@ -89,8 +89,14 @@ def test_feedback_stored_then_unchanged_then_updated(store: DecisionStore) -> No
     assert updated.outcome == "failed" and updated.correct_assignee_id == "people-ops"
     rows = _feedback_rows(store)
     assert rows == [
-        ("delegation-task-1", "run-1", "failed", "people-ops", "late",
-         (T0 + timedelta(minutes=3)).isoformat(timespec="microseconds"))
+        (
+            "delegation-task-1",
+            "run-1",
+            "failed",
+            "people-ops",
+            "late",
+            (T0 + timedelta(minutes=3)).isoformat(timespec="microseconds"),
+        )
     ]
     (stored,) = store.decisions()
     assert stored.feedback is not None
@@ -177,7 +183,10 @@ def test_correct_assignee_outside_a_custom_team_is_refused_naming_its_candidates
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"task_id": "t-1", "outcome": "reassigned"}, "correct_assignee_id is required when the outcome is 'reassigned'"),
+        (
+            {"task_id": "t-1", "outcome": "reassigned"},
+            "correct_assignee_id is required when the outcome is 'reassigned'",
+        ),
         (
             {"task_id": "t-1", "outcome": "accepted", "correct_assignee_id": "self"},
             "an accepted decision has no correct_assignee_id",
@@ -230,7 +239,9 @@ def test_decisions_with_feedback_filters_by_feedback_time(store: DecisionStore) 
     # The decision times are all at or before T0; they play no part in this window.
     assert tasks(until=T0) == []
     assert [s.record.task_id for s in store.decisions(until=T0 - timedelta(minutes=30))] == [
-        "task-d", "task-c", "task-b"
+        "task-d",
+        "task-c",
+        "task-b",
     ]
 
     # An update moves the feedback into the later window; a repeat does not.
@@ -244,7 +255,9 @@ def test_decisions_with_feedback_filters_by_feedback_time(store: DecisionStore) 
 
 def test_feedback_goes_to_the_latest_run_of_a_workflow(store: DecisionStore) -> None:
     # The later run is stored first: the latest run is chosen by decision time, not insertion order.
-    store.record(_record(run_id="run-2", assignee="legal-counsel", decided_at=T0 + timedelta(days=1)), log_to_file=False)
+    store.record(
+        _record(run_id="run-2", assignee="legal-counsel", decided_at=T0 + timedelta(days=1)), log_to_file=False
+    )
     store.record(_record(run_id="run-1", assignee="finance-manager", decided_at=T0), log_to_file=False)
 
     receipt = store.record_feedback(DelegationFeedback(task_id="task-1", outcome="accepted"), T0 + timedelta(days=2))
@@ -270,12 +283,17 @@ def test_recent_dspy_decisions_only_counts_dspy_assigned_ones_since_a_moment(sto
             log_to_file=False,
         )
     assert [r.workflow_id for r in store.recent_decisions(10, assigned_variant="dspy")] == [
-        "delegation-x-4", "delegation-x-2", "delegation-x-0"
+        "delegation-x-4",
+        "delegation-x-2",
+        "delegation-x-0",
     ]
-    assert [r.workflow_id for r in store.recent_decisions(2, assigned_variant="dspy")] == ["delegation-x-4", "delegation-x-2"]
-    assert [r.workflow_id for r in store.recent_decisions(10, assigned_variant="dspy", since=T0 + timedelta(minutes=2))] == [
-        "delegation-x-4"
+    assert [r.workflow_id for r in store.recent_decisions(2, assigned_variant="dspy")] == [
+        "delegation-x-4",
+        "delegation-x-2",
     ]
+    assert [
+        r.workflow_id for r in store.recent_decisions(10, assigned_variant="dspy", since=T0 + timedelta(minutes=2))
+    ] == ["delegation-x-4"]
     assert len(store.recent_decisions(4)) == 4
 
 
