@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench stack-up stack-down worker schemas clean
+.PHONY: install lint run test test-fast bench stack-up stack-down worker schemas clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version' 
@@ -22,6 +22,12 @@ run: install
 	$(BIN)/delegation schedule create
 	$(BIN)/delegation rollout set 50 --reason "make run demo"
 	$(BIN)/delegation demo
+
+## ruff (lint and format) on the code and tests, mypy (strict) on the package.
+lint: install
+	$(BIN)/ruff check delegation tests scripts
+	$(BIN)/ruff format --check delegation tests scripts
+	$(BIN)/mypy
 
 ## The whole suite: unit, integration (real dev server), replay, e2e (real embedded model).
 test: install

@@ -10,11 +10,13 @@ so the numbers are what Temporal, flags and recording add to each decision.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import typer
 from pydantic import SecretStr
@@ -86,11 +88,12 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
     rows: dict[str, list[float]] = {}
     throughput: dict[str, float] = {}
     try:
-        for mode in ("local", "remote"):
+        modes: tuple[Literal["local", "remote"], ...] = ("local", "remote")
+        for mode in modes:
             task_queue = f"bench-{uuid.uuid4().hex}"
             worker = build_worker(
                 env.client, deps, task_queue=task_queue, llm_concurrency=200, llm_timeout_s=10, decider_activity=mode
-            )  # type: ignore[arg-type]
+            )
             async with worker:
                 for eager in (True, False):
                     label = f"workflow, {mode} decider activity, {'eager' if eager else 'plain'} start"
@@ -168,7 +171,7 @@ async def _bench(sequential: int, concurrent: int, rollout: int) -> None:
             f"{p50:.1f}",
             f"{percentile(values, 0.99) or 0:.1f}",
             f"{p50 - direct_p50:.1f}",
-            "-" if rate != rate else f"{rate:.0f} decisions/s",
+            "-" if math.isnan(rate) else f"{rate:.0f} decisions/s",
         )
     console.print(table)
     best = min(statistics.median(v) for k, v in rows.items() if not k.startswith("floor")) - direct_p50

@@ -1,6 +1,7 @@
 """A rollout drill on one machine: live decisions at a rollout percentage, then feedback on them.
 
-    python scripts/rollout_drill.py --tasks delegation/learning/data/drill_tasks.jsonl --percentage 10 [--feedback-share 1.0]
+    python scripts/rollout_drill.py --tasks delegation/learning/data/drill_tasks.jsonl --percentage 10 \
+        [--feedback-share 1.0]
 
 Needs the stack and a worker (`make run`, or `delegation stack up` and `delegation worker`).
 Moves the rollout to the percentage (audited), sends every labeled task through

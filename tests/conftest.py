@@ -16,7 +16,7 @@ from delegation.rollout.flags import FLAG_NAMES
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point data, logs and flags at the test's own folder; no flag leaks in from the machine."""
-    for name in FLAG_NAMES + ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "LLM_MODEL", "DSPY_PROGRAM_PATH"):
+    for name in (*FLAG_NAMES, "LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "LLM_MODEL", "DSPY_PROGRAM_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("APP_ENV", "test")  # reads .env.test, which does not exist
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))

@@ -40,7 +40,7 @@ from delegation.core.reoptimization import (
 )
 from delegation.deciders.dspy_decider import DSPyDecider, LoadedProgram, load_program
 from delegation.deciders.endpoint import LLMEndpoint
-from delegation.learning.dataset import DatasetError, LabeledExample, load_examples
+from delegation.learning.dataset import DatasetError, LabeledExample, Split, load_examples
 from delegation.learning.evaluation import run_decider, summarize
 from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG, OptimizationError, OptimizerConfig, optimize
 from delegation.learning.promotion import promotion_verdict
@@ -98,9 +98,9 @@ class ReoptimizationActivities:
                 return task.result()
             activity.heartbeat(f"{phase}: {time.monotonic() - started:.0f} s")
 
-    def _split(self, split: str) -> list[LabeledExample]:
+    def _split(self, split: Split) -> list[LabeledExample]:
         try:
-            return load_examples(self._dataset, split=split)  # type: ignore[arg-type]
+            return load_examples(self._dataset, split=split)
         except DatasetError as err:
             raise ApplicationError(str(err), type="DatasetError", non_retryable=True) from None
 

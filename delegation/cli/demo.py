@@ -7,13 +7,15 @@ import json
 import statistics
 import time
 from importlib import resources
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 
 from delegation.core.models import DecisionRecord, DelegationRequest
+from delegation.core.names import DECISION_QUERY
 from delegation.core.settings import Settings
 from delegation.workflows.client import connect, start_delegation
 
@@ -27,11 +29,12 @@ def sample_requests(run_id: str, limit: int | None = None) -> list[DelegationReq
     return requests[:limit] if limit else requests
 
 
-async def _outcome(handle) -> tuple[DecisionRecord | None, str | None]:  # type: ignore[no-untyped-def]
+async def _outcome(handle: WorkflowHandle[Any, DecisionRecord]) -> tuple[DecisionRecord | None, str | None]:
     try:
         return await handle.result(), None
     except WorkflowFailureError as err:
-        record = await handle.query("decision", result_type=DecisionRecord | None)
+        # A union is a valid type hint for the converter; the SDK's stub only names classes.
+        record = await handle.query(DECISION_QUERY, result_type=DecisionRecord | None)  # type: ignore[arg-type]
         return record, str(err.cause)
 
 
@@ -66,7 +69,9 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
             handles = [await start_delegation(client, r, task_queue=settings.task_queue) for r in requests]
             by_id = {h.id: r for h, r in zip(handles, requests, strict=True)}
 
-            async def one(handle):  # type: ignore[no-untyped-def]
+            async def one(
+                handle: WorkflowHandle[Any, DecisionRecord],
+            ) -> tuple[DelegationRequest, DecisionRecord | None, str | None]:
                 record, error = await _outcome(handle)
                 progress.advance(bar)
                 return by_id[handle.id], record, error

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from delegation.core.settings import Settings, get_settings
-from delegation.learning.dataset import DEFAULT_DATASET, DatasetError, check_files, load_examples
+from delegation.learning.dataset import (
+    DEFAULT_DATASET,
+    SPLITS,
+    DatasetError,
+    LabeledExample,
+    check_files,
+    load_examples,
+)
 from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG
+
+if TYPE_CHECKING:
+    from delegation.deciders.protocol import Decider
+    from delegation.learning.evaluation import EvaluationReport, Outcome
+    from delegation.learning.registry import ArtifactRegistry
 
 console = Console()
 err_console = Console(stderr=True)
@@ -21,7 +34,7 @@ data_app = typer.Typer(help="The labeled dataset.", no_args_is_help=True)
 artifacts_app = typer.Typer(help="Versioned DSPy programs and the champion.", no_args_is_help=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -86,7 +99,7 @@ def _ensure_endpoint(settings: Settings) -> None:
             _fail(str(err))
 
 
-def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no-untyped-def]
+def _decider(settings: Settings, variant: str, version: str) -> Decider:
     from delegation.deciders.dspy_decider import DSPyDecider, load_program
     from delegation.deciders.endpoint import build_async_openai, build_dspy_lm, resolve_endpoint
     from delegation.deciders.instructor_decider import InstructorDecider
@@ -108,27 +121,29 @@ def _decider(settings: Settings, variant: str, version: str):  # type: ignore[no
         if number is None:
             _fail("there is no champion yet; use --version base or a number")
         try:
-            source = registry.load(number)  # type: ignore[arg-type]
+            source = registry.load(number)
         except RegistryError as err:
             _fail(str(err))
     return DSPyDecider(build_dspy_lm(endpoint), endpoint, source)
 
 
-def _run(decider, examples, label: str):  # type: ignore[no-untyped-def]
+def _run(decider: Decider, examples: Sequence[LabeledExample], label: str) -> list[Outcome]:
     from delegation.cli.progress import run_with_progress
 
     return run_with_progress(decider, examples, console, label)
 
 
-def _load(dataset: Path, split: str | None, limit: int | None):  # type: ignore[no-untyped-def]
+def _load(dataset: Path, split: str | None, limit: int | None) -> list[LabeledExample]:
+    if split is not None and split not in SPLITS:
+        _fail(f"--split must be one of {', '.join(SPLITS)}, not {split!r}", 2)
     try:
-        examples = load_examples(dataset, split=split)  # type: ignore[arg-type]
+        examples = load_examples(dataset, split=split)
     except DatasetError as err:
         _fail(str(err), 2)
     return examples[:limit] if limit else examples
 
 
-def _report_table(report) -> Table:  # type: ignore[no-untyped-def]
+def _report_table(report: EvaluationReport) -> Table:
     table = Table("metric", "value", title=f"{report.variant} {report.program_version} on {report.n} examples")
     table.add_row("accuracy", f"{report.accuracy:.1%}")
     table.add_row("should-delegate accuracy", f"{report.should_delegate_accuracy:.1%}")
@@ -140,7 +155,7 @@ def _report_table(report) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def _per_assignee_table(report) -> Table:  # type: ignore[no-untyped-def]
+def _per_assignee_table(report: EvaluationReport) -> Table:
     table = Table("assignee", "precision", "recall", "support", title="Per assignee")
     for name, scores in report.per_assignee.items():
         table.add_row(
@@ -152,7 +167,7 @@ def _per_assignee_table(report) -> Table:  # type: ignore[no-untyped-def]
     return table
 
 
-def _confusion_table(report) -> Table:  # type: ignore[no-untyped-def]
+def _confusion_table(report: EvaluationReport) -> Table:
     predicted = sorted({p for row in report.confusion.values() for p in row})
     table = Table("label \\ predicted", *predicted, title="Confusion")
     for label, row in report.confusion.items():
@@ -193,7 +208,7 @@ def compare_command(
 ) -> None:
     """Instructor against the DSPy champion on the same examples: the rollout plan's table and McNemar's test."""
     from delegation.core.targets import ACCURACY_TARGET, CONFIDENCE_TARGET, ERROR_RATE_TARGET, LATENCY_TARGET_MS
-    from delegation.learning.evaluation import EvaluationReport, mcnemar_test, summarize
+    from delegation.learning.evaluation import mcnemar_test, summarize
 
     settings = get_settings()
     examples = _load(dataset, split, limit)
@@ -262,7 +277,8 @@ def optimize_command(
     artifact_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Registry folder to write the version to (default ARTIFACT_DIR; delegation/learning/artifacts ships it)."
+            help="Registry folder to write the version to "
+            "(default ARTIFACT_DIR; delegation/learning/artifacts ships versions with the code)."
         ),
     ] = None,
     initial_status: Annotated[
@@ -304,7 +320,6 @@ def optimize_command(
             )
     except (OptimizationError, RegistryError) as err:
         _fail(f"{err}; nothing was written")
-        return
     print(f"Base module score: {result.base.accuracy:.2f}")
     print(f"Optimized module score: {result.optimized.accuracy:.2f}")
     print(f"Improvement: {result.improvement:+.1f}%")
@@ -314,7 +329,7 @@ def optimize_command(
 # ---- artifacts -------------------------------------------------------------------------------
 
 
-def _registry():  # type: ignore[no-untyped-def]
+def _registry() -> ArtifactRegistry:
     from delegation.learning.registry import ArtifactRegistry
 
     return ArtifactRegistry(get_settings().artifact_dir)
@@ -379,5 +394,4 @@ def artifacts_rollback(reason: Annotated[str, typer.Option()] = "rolled back by 
         restored = _registry().rollback(reason)
     except RegistryError as err:
         _fail(str(err))
-        return
     console.print(f"version {restored} is the champion again")

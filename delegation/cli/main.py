@@ -7,7 +7,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -15,13 +15,21 @@ from rich.console import Console
 from rich.table import Table
 
 from delegation.cli import learning_commands, report_commands, rollout_commands, schedule_commands
-from delegation.core.models import DelegationRequest, describe_validation_error
+from delegation.core.models import (
+    DecisionRecord,
+    DelegationFeedback,
+    DelegationRequest,
+    FeedbackReceipt,
+    describe_validation_error,
+)
 from delegation.core.settings import PROJECT_ROOT, Settings, get_settings
 from delegation.rollout.control import operator_name
 from delegation.rollout.flags import FLAG_NAMES, get_feature_flags
 
 if TYPE_CHECKING:
     from temporalio.client import Client
+
+    from delegation.devstack.stack import ServiceStatus
 
 app = typer.Typer(help="Delegation decisions on Temporal.", no_args_is_help=True, add_completion=False)
 stack_app = typer.Typer(help="The local stack: Temporal dev server and the embedded LLM.", no_args_is_help=True)
@@ -43,7 +51,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -86,7 +94,7 @@ def stack_status() -> None:
         raise typer.Exit(1)
 
 
-def _print_status(statuses: list) -> None:  # type: ignore[type-arg]
+def _print_status(statuses: list[ServiceStatus]) -> None:
     table = Table("service", "pid", "healthy", "address", "log")
     for s in statuses:
         table.add_row(s.name, str(s.pid or "-"), "yes" if s.healthy else "[red]no[/]", s.address, str(s.log))
@@ -120,12 +128,11 @@ def decide_command(
             task_id=task_id or f"cli-{uuid.uuid4().hex[:12]}",
             title=title,
             description=description,
-            priority=priority,  # type: ignore[arg-type]
+            priority=priority,  # validated by the model: a bad value is a clean exit 2 below
             routing_key=routing_key,
         )
     except ValidationError as err:
         _fail(describe_validation_error(err, model_name="DelegationRequest"), code=2)
-        return
     record = asyncio.run(_decide_once(request, timeout))
     if as_json:
         print(record.model_dump_json())
@@ -155,7 +162,7 @@ async def _connect(settings: Settings) -> Client:
         raise  # unreachable: _fail exits
 
 
-async def _decide_once(request: DelegationRequest, timeout: float):  # type: ignore[no-untyped-def]
+async def _decide_once(request: DelegationRequest, timeout: float) -> DecisionRecord:
     from temporalio.client import WorkflowFailureError
 
     from delegation.workflows.client import start_delegation
@@ -183,18 +190,15 @@ def feedback_command(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the worker.")] = 60.0,
 ) -> None:
     """Report what happened to a decision (through RecordFeedbackWorkflow; a worker must be running)."""
-    from delegation.core.models import DelegationFeedback
-
     try:
         feedback = DelegationFeedback(
             task_id=task_id,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,  # validated by the model, as priority above
             correct_assignee_id=correct_assignee,
             comment=comment,
         )
     except ValidationError as err:
         _fail(describe_validation_error(err, model_name="DelegationFeedback"), code=2)
-        return
     receipt = asyncio.run(_send_feedback(feedback, timeout))
     if as_json:
         print(receipt.model_dump_json())
@@ -206,9 +210,9 @@ def feedback_command(
     )
 
 
-async def _send_feedback(feedback, timeout: float):  # type: ignore[no-untyped-def]
+async def _send_feedback(feedback: DelegationFeedback, timeout: float) -> FeedbackReceipt:
     from temporalio.client import WorkflowFailureError
-    from temporalio.exceptions import ApplicationError
+    from temporalio.exceptions import ApplicationError, FailureError
 
     from delegation.workflows.client import send_feedback
 
@@ -219,9 +223,9 @@ async def _send_feedback(feedback, timeout: float):  # type: ignore[no-untyped-d
     except TimeoutError:
         _fail(f"no answer within {timeout:.0f} s: is a worker running (`delegation worker`)?")
     except WorkflowFailureError as err:
-        cause = err.cause
+        cause: BaseException | None = err.cause
         while cause is not None and not isinstance(cause, ApplicationError):
-            cause = cause.cause
+            cause = cause.cause if isinstance(cause, FailureError) else None
         _fail(cause.message if isinstance(cause, ApplicationError) else str(err.cause), code=2)
 
 
@@ -237,7 +241,6 @@ def _parse_bool(name: str, value: str | None) -> bool | None:
     if lowered in ("0", "false", "no", "off"):
         return False
     _fail(f"{name} must be true or false, not {value!r}", code=2)
-    return None
 
 
 def _show_flags() -> None:

@@ -6,12 +6,15 @@ import re
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from delegation.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from delegation.rollout.report import CurrentFlags
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,7 +64,7 @@ def _optimization_scores(settings: Settings) -> tuple[tuple[float, float] | None
     return (manifest.base_dev_score, manifest.optimized_dev_score), f"champion v{version}"
 
 
-def _current_flags():  # type: ignore[no-untyped-def]
+def _current_flags() -> CurrentFlags | None:
     from delegation.rollout.flags import get_feature_flags
     from delegation.rollout.report import CurrentFlags
 

@@ -5,6 +5,7 @@ Standard library and pydantic only: workflow code imports this module.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -67,8 +68,8 @@ class DelegationRequest(BaseModel):
             return None
         if not value:
             raise ValueError("no candidates: send at least one assignee, or omit the field for the default team")
-        seen: set[str] = set()
-        duplicates = sorted({a.id for a in value if a.id in seen or seen.add(a.id)})  # type: ignore[func-returns-value]
+        counts = Counter(a.id for a in value)
+        duplicates = sorted(i for i, n in counts.items() if n > 1)
         if duplicates:
             raise ValueError(f"duplicate candidate ids: {', '.join(duplicates)}")
         return value
@@ -196,7 +197,11 @@ class DelegationFeedback(BaseModel):
     @property
     def decision_workflow_id(self) -> str:
         """The id of the DelegationWorkflow the feedback is about."""
-        return self.workflow_id or workflow_id_for(self.task_id)
+        if self.workflow_id is not None:
+            return self.workflow_id
+        if self.task_id is None:  # validation requires one of the two; this keeps the type honest
+            raise ValueError("the feedback names no decision")
+        return workflow_id_for(self.task_id)
 
     @property
     def is_failure(self) -> bool:

@@ -117,4 +117,4 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     """Read the settings now (environment over the env file for ``APP_ENV``)."""
-    return Settings(_env_file=env_file_for())  # type: ignore[call-arg]
+    return Settings(_env_file=env_file_for())

@@ -17,7 +17,7 @@ from delegation.core.team import default_team
 from delegation.deciders.policy import POLICY, REASONING_HINT, answer_format, format_candidates
 
 
-class DelegationSignature(dspy.Signature):
+class _DelegationFields(dspy.Signature):
     """Decide who handles a task (the instructions are replaced by the policy below)."""
 
     candidates: str = dspy.InputField(desc="One line per candidate: id (kind): description.")
@@ -27,7 +27,8 @@ class DelegationSignature(dspy.Signature):
     reasoning: str = dspy.OutputField(desc=REASONING_HINT)
 
 
-DelegationSignature = DelegationSignature.with_instructions(POLICY)
+DelegationSignature = _DelegationFields.with_instructions(POLICY)
+"""The fields above with the delegation policy as instructions: what the optimizer tunes demos for."""
 
 
 # Shown in place of a demo's candidate list when it is the default team, whose ids the rules name.
@@ -64,7 +65,8 @@ class DelegationJSONAdapter(dspy.JSONAdapter):
         super()._prepare_response_format(lm, lm_kwargs, signature)
 
     def format(self, signature: Any, demos: list[Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        return super().format(signature, [_mark_default_team(demo) for demo in demos], inputs)
+        messages: list[dict[str, Any]] = super().format(signature, [_mark_default_team(demo) for demo in demos], inputs)
+        return messages
 
     def user_message_output_requirements(self, signature: Any) -> str | None:
         return None

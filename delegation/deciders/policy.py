@@ -100,10 +100,11 @@ def answer_model_for(candidate_ids: tuple[str, ...]) -> type[DelegationAnswer]:
     """
     if not candidate_ids:
         return DelegationAnswer
-    return create_model(  # type: ignore[call-overload,no-any-return]  # a Literal built at run time
+    return create_model(
         "DelegationAnswer",
         __base__=DelegationAnswer,
-        assignee_id=(Literal[candidate_ids], Field(description="The id of exactly one listed candidate.")),
+        # A Literal of run-time values: valid for pydantic, not a type mypy can check.
+        assignee_id=(Literal[candidate_ids], Field(description="The id of exactly one listed candidate.")),  # type: ignore[arg-type]
     )
 
 

@@ -7,6 +7,7 @@ health checks, ``down`` stops what the pid files name, ``status`` reports both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -194,10 +195,8 @@ class Stack:
             except ProcessLookupError:
                 return
             time.sleep(0.1)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def down(self) -> list[str]:
         """Stop the services this stack started. Returns the names stopped."""

@@ -22,6 +22,7 @@ from delegation.core.models import Assignee, DelegationRequest, Priority, descri
 from delegation.core.team import candidates_for
 
 Split = Literal["train", "dev", "test"]
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
 # Chosen once so the 245 examples split 122/61/62; fixed from then on.
 SPLIT_SALT = "delegation-split-32"
 DEFAULT_DATASET = Path(__file__).resolve().parent / "data" / "delegation_examples.jsonl"
@@ -116,7 +117,10 @@ def text_keys(example: LabeledExample) -> list[str]:
 
 
 def check_files(paths: Sequence[Path]) -> tuple[list[LabeledExample], list[str]]:
-    """Load every file and report every problem: malformed lines, bad labels, duplicate ids, text shared across splits."""
+    """Load every file and report every problem.
+
+    Malformed lines, bad labels, duplicate ids and text shared across splits are all reported.
+    """
     loaded: list[LoadedExample] = []
     problems: list[str] = []
     for path in paths:
@@ -171,5 +175,5 @@ def split_files_text(examples: Sequence[LabeledExample]) -> dict[Split, str]:
     texts: dict[Split, str] = {}
     for split in ("train", "dev", "test"):
         lines = [e.model_dump_json(exclude_defaults=True) for e in examples if e.split == split]
-        texts[split] = "".join(line + "\n" for line in lines)  # type: ignore[index]
+        texts[split] = "".join(line + "\n" for line in lines)
     return texts

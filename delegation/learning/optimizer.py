@@ -134,7 +134,8 @@ def compile_program(
     random.Random(seed).shuffle(trainset)
     compiler = build_optimizer(optimizer, max_demos, seed)
     with dspy.context(lm=lm, adapter=DelegationJSONAdapter()):
-        return compiler.compile(DelegationDecider(), trainset=trainset)
+        compiled: DelegationDecider = compiler.compile(DelegationDecider(), trainset=trainset)
+    return compiled
 
 
 def evaluate_program(

@@ -335,19 +335,19 @@ class TrainingSetStore:
             added: list[LabeledExample] = []
             duplicates = invalid = redactions = 0
             for source_id, request, label in items:
-                example, count = self._to_example(source_id, request, label)
-                if example is None:
+                new, count = self._to_example(source_id, request, label)
+                if new is None:
                     invalid += 1
                     continue
                 # Raw keys too: a dev text holding a phone number must not come back redacted.
-                raw = example.model_copy(update={"title": request.title, "description": request.description})
-                keys = set(text_keys(example)) | set(text_keys(raw))
-                if example.id in seen_ids or seen_keys.intersection(keys):
+                raw = new.model_copy(update={"title": request.title, "description": request.description})
+                new_keys = set(text_keys(new)) | set(text_keys(raw))
+                if new.id in seen_ids or seen_keys.intersection(new_keys):
                     duplicates += 1
                     continue
-                added.append(example)
-                seen_keys.update(keys)
-                seen_ids.add(example.id)
+                added.append(new)
+                seen_keys.update(new_keys)
+                seen_ids.add(new.id)
                 redactions += count
 
             examples = carried + added

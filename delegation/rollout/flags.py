@@ -120,7 +120,7 @@ class FeatureFlagProvider:
         """The current flags. Never raises: a bad value is reported in ``error`` and the last good set is kept."""
         try:
             file_values = read_flags_file(self.flags_file)
-            merged = _EnvFlags(_env_file=self.env_file, **file_values)  # type: ignore[call-arg]
+            merged = _EnvFlags(_env_file=self.env_file, **file_values)
             flags = FeatureFlags.model_validate(merged.model_dump())
         except FlagsFileError as err:
             return self._keep_last_good(str(err))

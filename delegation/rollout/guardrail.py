@@ -66,7 +66,8 @@ def check_guardrail(records: Sequence[DecisionRecord], limits: GuardrailLimits) 
             decisions=n,
             error_rate=None,
             p95_latency_ms=None,
-            reason=f"{n} DSPy decisions since the last rollout change; the guardrail judges from {limits.min_decisions}",
+            reason=f"{n} DSPy decisions since the last rollout change; "
+            f"the guardrail judges from {limits.min_decisions}",
         )
     errors = sum(is_arm_error(r) for r in window)
     error_rate = errors / n

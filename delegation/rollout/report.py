@@ -60,7 +60,10 @@ METHOD_NOTES = (
         "differences are DSPy - Instructor; proportions: Newcombe interval, z test or Fisher exact when an "
         "expected cell < 5; latency: Mann-Whitney U"
     ),
-    f"sample-ratio mismatch: exact binomial test against the mean recorded rollout share, flagged at p < {SRM_THRESHOLD}",
+    (
+        "sample-ratio mismatch: exact binomial test against the mean recorded rollout share, "
+        f"flagged at p < {SRM_THRESHOLD}"
+    ),
 )
 
 
@@ -349,7 +352,7 @@ def latencies(decisions: Sequence[StoredDecision]) -> list[float]:
 def _arm(variant: Variant, decisions: Sequence[StoredDecision]) -> ArmStats:
     answered = [d for d in decisions if d.record.decision is not None]
     with_feedback = [d for d in decisions if d.feedback is not None]
-    accepted = sum(d.feedback.feedback.outcome == "accepted" for d in with_feedback)  # type: ignore[union-attr]
+    accepted = sum(d.feedback is not None and d.feedback.feedback.outcome == "accepted" for d in with_feedback)
     answered_ms = latencies(decisions)
     return ArmStats(
         variant=variant,
@@ -360,7 +363,9 @@ def _arm(variant: Variant, decisions: Sequence[StoredDecision]) -> ArmStats:
         failed=len(decisions) - len(answered),
         with_feedback=len(with_feedback),
         accuracy=wilson(accepted, len(with_feedback)),
-        avg_confidence=mean_with_t_interval([d.record.decision.confidence for d in answered]),  # type: ignore[union-attr]
+        avg_confidence=mean_with_t_interval(
+            [d.record.decision.confidence for d in answered if d.record.decision is not None]
+        ),
         p50_latency_ms=quantile_with_interval(answered_ms, 0.50),
         p95_latency_ms=quantile_with_interval(answered_ms, 0.95),
         error_rate=wilson(sum(is_arm_error(d.record) for d in decisions), len(decisions)),

@@ -309,7 +309,8 @@ class DecisionStore:
 
         Either arm for the live split; ``assigned_variant="dspy"`` for the guardrail.
         """
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[str] = []
         if assigned_variant is not None:
             clauses.append("assigned_variant = ?")
             params.append(assigned_variant)

@@ -68,9 +68,22 @@ async def start_delegation(
     )
 
 
-async def decide(client: Client, request: DelegationRequest, **kwargs: object) -> DecisionRecord:
-    """Start a decision and wait for its record."""
-    handle = await start_delegation(client, request, **kwargs)  # type: ignore[arg-type]
+async def decide(
+    client: Client,
+    request: DelegationRequest,
+    *,
+    task_queue: str = names.DEFAULT_TASK_QUEUE,
+    request_eager_start: bool = True,
+    execution_timeout: timedelta | None = None,
+) -> DecisionRecord:
+    """Start a decision (see ``start_delegation``) and wait for its record."""
+    handle = await start_delegation(
+        client,
+        request,
+        task_queue=task_queue,
+        request_eager_start=request_eager_start,
+        execution_timeout=execution_timeout,
+    )
     return await handle.result()
 
 
@@ -100,4 +113,5 @@ async def send_feedback(
         request_eager_start=True,
         execution_timeout=timedelta(minutes=5),
     )
-    return await handle.result()
+    receipt: FeedbackReceipt = await handle.result()
+    return receipt

@@ -7,9 +7,10 @@ of the history reproduces every choice.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -133,7 +134,10 @@ class DelegationWorkflow:
             decided_at=workflow.now(),
         )
         self._record = record
-        updates = [DELEGATION_VARIANT.value_set(variant), DELEGATION_FALLBACK.value_set(fallback_used)]
+        updates: list[SearchAttributeUpdate[Any]] = [
+            DELEGATION_VARIANT.value_set(variant),
+            DELEGATION_FALLBACK.value_set(fallback_used),
+        ]
         if result is not None:
             updates += [
                 DELEGATION_ASSIGNEE.value_set(result.decision.assignee_id),

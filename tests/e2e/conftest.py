@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEndpoint]:
-    """Start `python -m delegation.devstack.llm_server` (joins and checks the model once, under the project's data folder)."""
+    """Start `python -m delegation.devstack.llm_server`; it joins and checks the model once (project data folder)."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("llm") / "llm.log"
     env = {**os.environ, "LOCAL_LLM_PORT": str(port), "DATA_DIR": str(PROJECT_ROOT / "data"), "APP_ENV": "test"}

@@ -1,8 +1,12 @@
-"""The monthly re-optimization schedule on a real Temporal dev server: idempotent create, calendar, trigger, pause, delete, CLI."""
+"""The monthly re-optimization schedule on a real Temporal dev server.
+
+Idempotent create, calendar, trigger, pause, delete, and the CLI.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
@@ -82,10 +86,8 @@ async def names(temporal_env: WorkflowEnvironment) -> AsyncIterator[Names]:
     token = uuid.uuid4().hex[:12]
     n = Names(f"reopt-schedule-test-{token}", f"reopt-test-{token}", f"reopt-test-{token}")
     yield n
-    try:
+    with contextlib.suppress(ScheduleNotFound):
         await reopt_schedule.delete(temporal_env.client, n.schedule_id)
-    except ScheduleNotFound:
-        pass
 
 
 async def _create(client: Client, n: Names, task_queue: str | None = None) -> str:

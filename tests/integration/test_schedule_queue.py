@@ -7,6 +7,7 @@ queue the worker polls, so a triggered run is picked up and finishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -100,7 +101,5 @@ async def test_a_moved_reoptimization_queue_is_where_the_schedule_starts_runs(
             assert report.outcome == "no_new_failures"
             assert (await handle.describe()).task_queue == queue
     finally:
-        try:
+        with contextlib.suppress(ScheduleNotFound):
             await reopt_schedule.delete(client, schedule_id)
-        except ScheduleNotFound:
-            pass

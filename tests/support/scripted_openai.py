@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 Responder = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
@@ -80,7 +80,7 @@ class ScriptedOpenAI:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v1"
 
-    def __enter__(self) -> ScriptedOpenAI:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -230,9 +230,9 @@ def test_a_tampered_file_is_refused(store: TrainingSetStore) -> None:
     store.extend("run-1", [_failed(1)])
     path = store.directory / data_filename(1)
     path.write_text(path.read_text().replace("supplier", "vendor"))
-    with pytest.raises(TrainingSetError, match="train_v1.jsonl.*SHA-256"):
+    with pytest.raises(TrainingSetError, match=r"train_v1\.jsonl.*SHA-256"):
         store.load(1)
-    with pytest.raises(TrainingSetError, match="train_v1.jsonl"):
+    with pytest.raises(TrainingSetError, match=r"train_v1\.jsonl"):
         store.extend("run-2", [_failed(2)])  # nothing is built on a tampered parent
 
 

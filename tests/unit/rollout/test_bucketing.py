@@ -86,7 +86,7 @@ def test_share_on_dspy_is_close_to_the_target(percentage: int) -> None:
 
 
 def test_same_buckets_in_another_process_with_another_hash_seed() -> None:
-    keys = KEYS[:50] + ["task-42", "ünïcødé-kéy", "a/b:c.d-e"]
+    keys = [*KEYS[:50], "task-42", "ünïcødé-kéy", "a/b:c.d-e"]
     script = (
         "import json, sys\n"
         "from delegation.rollout.bucketing import rollout_bucket\n"

@@ -1,4 +1,4 @@
-"""delegation.rollout.control and `delegation rollout`: the guardrail check, audited flag changes, status, per-environment files."""
+"""Rollout control and `delegation rollout`: guardrail check, audited flag changes, status, per-environment files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""delegation.store.decisions.DecisionStore: one SQLite row per (workflow_id, run_id), one TRAINING_DATA line per row."""
+"""The decision store: one SQLite row per (workflow_id, run_id), one TRAINING_DATA line per row."""
 
 from __future__ import annotations
 
