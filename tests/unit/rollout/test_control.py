@@ -232,9 +232,9 @@ def test_last_guardrail_trip_is_cleared_by_an_operator_rollback(control: Rollout
 def test_last_guardrail_trip_is_cleared_when_the_operator_moves_the_rollout_with_flags_set() -> None:
     """`delegation flags set --percentage 50` moves the rollout just as `delegation rollout set 50` does.
 
-    Known bug: ``RolloutControl.last_guardrail_trip`` only treats actions starting with "set" or
-    "rollback" as operator moves, so after `flags set` (action "flags set") `rollout status` keeps
-    reporting the guardrail trip while DSPy serves 50 % again.
+    Regression: ``RolloutControl.last_guardrail_trip`` once treated only actions starting with "set"
+    or "rollback" as operator moves, so after `flags set` `rollout status` kept reporting the
+    guardrail trip while DSPy served 50 % again.
     """
     settings = get_settings()
     assert runner.invoke(app, ["rollout", "set", "100"]).exit_code == 0
@@ -302,10 +302,9 @@ async def test_guardrail_off_or_too_few_decisions_keeps_dspy(tmp_path: Path) -> 
 async def test_requests_routed_while_the_guardrail_trips_go_to_instructor(tmp_path: Path) -> None:
     """Two requests read the flags (DSPy 100 %) at the same time; the first trips the guardrail.
 
-    Known bug: the second waits for the guardrail's lock, then judges the decisions made since
-    the flags file last changed, which is now the rollback itself, so it finds none, is "not
-    tripped" and routes with the flags it read before the rollback: DSPy, after DSPy was rolled back.
-    (The "already rolled back by a concurrent check" branch in ``Guardrail.check`` is unreachable.)
+    Regression: the second once waited for the guardrail's lock, judged the decisions made since
+    the rollback itself, found none, and routed with the flags it had read before the rollback:
+    DSPy, after DSPy was rolled back. It must go to Instructor.
     """
     activities, control = _guarded_flags(tmp_path, guardrail=True, failures=3)
     first, second = await asyncio.gather(
