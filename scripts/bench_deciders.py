@@ -28,6 +28,10 @@ console = Console(width=150)
 MAX_P50_RATIO = 1.5
 
 
+def _subset(accuracy: float | None, n: int) -> str:
+    return "-" if accuracy is None else f"{accuracy:.1%} of {n}"
+
+
 def main(
     dataset: Path = typer.Option(DEFAULT_DATASET, help="JSONL examples."),
     split: str = typer.Option("test", help="train, dev or test."),
@@ -54,6 +58,8 @@ def main(
         "decider",
         "program",
         "accuracy",
+        "own lists",
+        "steering",
         "error rate",
         "avg confidence",
         "Brier",
@@ -66,6 +72,8 @@ def main(
             label,
             report.program_version,
             f"{report.accuracy:.1%}",
+            _subset(report.custom_candidates_accuracy, report.custom_candidates_n),
+            _subset(report.steering_accuracy, report.steering_n),
             f"{report.error_rate:.1%}",
             f"{report.avg_confidence or 0:.2f}",
             f"{report.brier_score or 0:.3f}",

@@ -152,6 +152,12 @@ def _report_table(report: EvaluationReport) -> Table:
     table.add_row("Brier score", "-" if report.brier_score is None else f"{report.brier_score:.3f}")
     table.add_row("p50 latency", "-" if report.p50_latency_ms is None else f"{report.p50_latency_ms:.0f} ms")
     table.add_row("p95 latency", "-" if report.p95_latency_ms is None else f"{report.p95_latency_ms:.0f} ms")
+    if report.custom_candidates_accuracy is not None:
+        table.add_row(
+            "accuracy, own candidate lists", f"{report.custom_candidates_accuracy:.1%} of {report.custom_candidates_n}"
+        )
+    if report.steering_accuracy is not None:
+        table.add_row("accuracy, steering cases", f"{report.steering_accuracy:.1%} of {report.steering_n}")
     return table
 
 

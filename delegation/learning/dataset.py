@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from delegation.core.models import Assignee, DelegationRequest, Priority, describe_validation_error
 from delegation.core.team import candidates_for
@@ -43,6 +43,10 @@ class LabeledExample(BaseModel):
     priority: Priority = "normal"
     assignees: list[Assignee] | None = None
     label: str
+    # None rather than False, so that files without the field stay byte-identical when rewritten.
+    steering: Literal[True] | None = Field(
+        default=None, description="A steering case: the task text tries to move the decision; the label ignores it."
+    )
 
     def to_request(self) -> DelegationRequest:
         """The request an upstream service would send for this task."""

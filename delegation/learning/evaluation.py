@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from delegation.core.models import SELF_ID
 from delegation.deciders.protocol import Decider
@@ -28,6 +28,8 @@ class Outcome(BaseModel):
     confidence: float | None
     latency_ms: float
     error: str | None = None
+    steering: bool = False
+    custom_candidates: bool = Field(default=False, description="The example brings its own candidate list.")
 
     @property
     def correct(self) -> bool:
@@ -54,6 +56,12 @@ class EvaluationReport(BaseModel):
     brier_score: float | None
     p50_latency_ms: float | None
     p95_latency_ms: float | None
+    steering_n: int = 0
+    steering_accuracy: float | None = Field(default=None, description="On steering cases; None without any.")
+    custom_candidates_n: int = 0
+    custom_candidates_accuracy: float | None = Field(
+        default=None, description="On examples that bring their own candidates; None without any."
+    )
     per_assignee: dict[str, AssigneeScores]
     confusion: dict[str, dict[str, int]]
 
@@ -85,6 +93,8 @@ async def run_decider(
                 outcome = Outcome(
                     example_id=example.id,
                     label=example.label,
+                    steering=bool(example.steering),
+                    custom_candidates=example.assignees is not None,
                     predicted=result.decision.assignee_id,
                     confidence=result.decision.confidence,
                     latency_ms=result.latency_ms,
@@ -93,6 +103,8 @@ async def run_decider(
                 outcome = Outcome(
                     example_id=example.id,
                     label=example.label,
+                    steering=bool(example.steering),
+                    custom_candidates=example.assignees is not None,
                     predicted=None,
                     confidence=None,
                     latency_ms=(time.perf_counter() - started) * 1000,
@@ -118,6 +130,8 @@ def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str
         else None
     )
     latencies = [o.latency_ms for o in answered]
+    steering = [o for o in outcomes if o.steering]
+    custom = [o for o in outcomes if o.custom_candidates]
     confusion: dict[str, Counter[str]] = defaultdict(Counter)
     for o in outcomes:
         confusion[o.label][o.predicted or "(error)"] += 1
@@ -144,9 +158,17 @@ def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str
         brier_score=brier,
         p50_latency_ms=percentile(latencies, 0.50),
         p95_latency_ms=percentile(latencies, 0.95),
+        steering_n=len(steering),
+        steering_accuracy=_accuracy(steering),
+        custom_candidates_n=len(custom),
+        custom_candidates_accuracy=_accuracy(custom),
         per_assignee=per_assignee,
         confusion={label: dict(counts) for label, counts in sorted(confusion.items())},
     )
+
+
+def _accuracy(outcomes: Sequence[Outcome]) -> float | None:
+    return sum(o.correct for o in outcomes) / len(outcomes) if outcomes else None
 
 
 class McNemarResult(BaseModel):
