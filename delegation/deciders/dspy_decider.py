@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import ValidationError
 
 from delegation.core.activity_io import DeciderResult
-from delegation.core.models import DelegationDecision, DelegationRequest, describe_validation_error
+from delegation.core.models import DelegationRequest, describe_validation_error
 from delegation.core.team import candidates_for
 from delegation.deciders.dspy_program import DelegationDecider, DelegationJSONAdapter
 from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError, llm_call_error
-from delegation.deciders.policy import clip_reason, confidence_as_fraction, format_candidates, format_task
+from delegation.deciders.policy import DelegationAnswer, format_candidates, format_task
 
 if TYPE_CHECKING:
     import dspy
@@ -127,14 +127,16 @@ class DSPyDecider:
             raise llm_call_error(err, self._endpoint.redact) from None
         latency_ms = (time.perf_counter() - started) * 1000
         try:
-            decision = DelegationDecision.model_validate(
+            # The same answer model and checks as the Instructor decider: percentages, clipping, candidates.
+            answer = DelegationAnswer.model_validate(
                 {
-                    "assignee_id": str(prediction.assignee_id).strip(),
-                    "confidence": confidence_as_fraction(prediction.confidence),
-                    "reasoning": clip_reason(str(prediction.reasoning or "")),
+                    "assignee_id": str(prediction.assignee_id),
+                    "confidence": prediction.confidence,
+                    "reasoning": str(prediction.reasoning or ""),
                 },
                 context={"candidate_ids": ids},
             )
+            decision = answer.to_decision(ids)
         except ValidationError as err:
             raise InvalidDecisionError(describe_validation_error(err, model_name="DSPy answer")) from None
         return DeciderResult(decision=decision, program_version=loaded.version, model=self.model, latency_ms=latency_ms)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from delegation.core.activity_io import DeciderResult
-from delegation.core.models import Assignee, DelegationDecision, DelegationRequest
+from delegation.core.models import Assignee, DelegationRequest
 from delegation.core.team import candidates_for
 from delegation.deciders.errors import DeciderError, InvalidDecisionError, llm_call_error
 from delegation.deciders.policy import POLICY, answer_model_for, format_candidates, format_task
@@ -78,12 +78,11 @@ class InstructorDecider:
         except Exception as err:
             raise self._classify(err) from None
         latency_ms = (time.perf_counter() - started) * 1000
-        decision = DelegationDecision.model_validate(
-            {"assignee_id": answer.assignee_id, "confidence": answer.confidence, "reasoning": answer.reasoning},
-            context={"candidate_ids": set(ids)},
-        )
         return DeciderResult(
-            decision=decision, program_version=self.program_version, model=self.model, latency_ms=latency_ms
+            decision=answer.to_decision(ids),
+            program_version=self.program_version,
+            model=self.model,
+            latency_ms=latency_ms,
         )
 
     def _classify(self, err: Exception) -> DeciderError:

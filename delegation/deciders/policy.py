@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from delegation.core.models import Assignee
+from delegation.core.models import Assignee, DelegationDecision
 
 POLICY = """\
 Decide who handles a task: the assistant itself ("self") or one of the candidates.
@@ -90,6 +90,13 @@ class DelegationAnswer(BaseModel):
         if ids is not None and value.strip() not in ids:
             raise ValueError(f"assignee_id must be one of {sorted(ids)}")
         return value.strip()
+
+    def to_decision(self, candidate_ids: Iterable[str]) -> DelegationDecision:
+        """The contract's decision for this answer, checked again against the candidates."""
+        return DelegationDecision.model_validate(
+            {"assignee_id": self.assignee_id, "confidence": self.confidence, "reasoning": self.reasoning},
+            context={"candidate_ids": set(candidate_ids)},
+        )
 
 
 @lru_cache(maxsize=256)
