@@ -239,10 +239,12 @@ class Stack:
 
 
 async def _temporal_healthy(address: str, namespace: str) -> bool:
+    from temporalio.service import RPCError
+
     from delegation.workflows.client import TemporalUnreachable, connect
 
     try:
         client = await connect(address, namespace, timeout_s=3)
         return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
-    except (TemporalUnreachable, TimeoutError, RuntimeError):
+    except (TemporalUnreachable, TimeoutError, RuntimeError, RPCError):  # a server that answers badly is unhealthy
         return False
