@@ -1,1 +1,1 @@
-"""The ``delegation`` command line (typer)."""
+"""All presentation: the `delegation` command line (typer), tables, progress bars, the report's chart."""

@@ -51,7 +51,7 @@ def data_check(
     examples, problems = check_files(files)
     for problem in problems:
         err_console.print(problem)
-    counts = {s: sum(e.split == s for e in examples) for s in ("train", "dev", "test")}
+    counts = {s: sum(e.split == s for e in examples) for s in SPLITS}
     console.print(
         f"{len(examples)} valid examples ({counts['train']} train, {counts['dev']} dev, {counts['test']} test) "
         f"in {len(files)} file(s); {len(problems)} problem(s)"

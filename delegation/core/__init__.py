@@ -1,1 +1,1 @@
-"""Settings, feature flags and the wire contract (standard library and pydantic only)."""
+"""The wire contract and the names: models, activity I/O, names, targets, settings, team, schemas. No I/O."""

@@ -1,1 +1,1 @@
-"""devstack"""
+"""The embedded stack: Temporal dev server, the model file and the llama.cpp server."""

@@ -1,1 +1,1 @@
-"""learning"""
+"""Offline learning: dataset, evaluation, optimizer, artifact registry, training set, promotion rule."""

@@ -219,8 +219,8 @@ def quantile_with_interval(values: Sequence[float], q: float) -> Estimate:
     n = len(values)
     if n == 0:
         return Estimate(value=None, ci_low=None, ci_high=None, n=0)
+    point = percentile(values, q)
     ordered = np.sort(np.asarray(values, dtype=float))
-    point = percentile(ordered.tolist(), q)
     alpha = 1 - CONFIDENCE_LEVEL
     j = int(binom.ppf(alpha / 2, n, q))
     k = int(binom.ppf(1 - alpha / 2, n, q)) + 1

@@ -1,1 +1,1 @@
-"""store"""
+"""The decision store (records, feedback, re-optimization runs) and the file helpers."""

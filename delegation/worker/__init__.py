@@ -1,1 +1,1 @@
-"""The Temporal worker and the local stack (dev server, embedded LLM)."""
+"""The Temporal worker: builds the dependencies and runs it (`python -m delegation.worker`)."""
