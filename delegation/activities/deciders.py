@@ -11,9 +11,11 @@ from temporalio.exceptions import ApplicationError
 
 from delegation.core import names
 from delegation.core.activity_io import DecideInput, DeciderResult
+from delegation.core.team import candidates_for
 from delegation.deciders.endpoint import LLMEndpoint
 from delegation.deciders.errors import MAX_ERROR_MESSAGE_CHARS, DeciderError
 from delegation.deciders.protocol import Decider
+from delegation.deciders.steering import detect_steering
 
 
 def as_application_error(err: Exception, variant: str, redact: Callable[[str], str]) -> ApplicationError:
@@ -70,13 +72,22 @@ class DeciderActivities:
             raise failure from None
         finally:
             self._slots.release()
+        # Recorded, never obeyed: the decision above was made without regard to these hits.
+        hits = detect_steering(
+            f"{data.request.title}\n{data.request.description}", [c.id for c in candidates_for(data.request)]
+        )
+        if hits:
+            result = result.model_copy(
+                update={"decision": result.decision.model_copy(update={"steering_detected": tuple(hits)})}
+            )
         logger.info(
-            "{} decided {} -> {} ({:.0f} ms, {})",
+            "{} decided {} -> {} ({:.0f} ms, {}{})",
             variant,
             data.workflow_id,
             result.decision.assignee_id,
             result.latency_ms,
             result.program_version,
+            f", steering text detected: {', '.join(hits)}" if hits else "",
         )
         return result
 

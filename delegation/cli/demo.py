@@ -53,8 +53,8 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
         from delegation.devstack.llm_server import wait_until_ready
 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 300.0)
-        with console.status("warming the embedded model's prompt cache (first start only costs ~30 s)"):
-            await warm_up(deps)
+        with console.status("warming the embedded model's prompt slots (restored from disk after the first start)"):
+            await warm_up(deps, on_step=lambda line: console.print(f"  {line}"))
     flags = FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)).read()
     console.print(
         f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})"

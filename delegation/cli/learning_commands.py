@@ -150,6 +150,7 @@ def _report_table(report: EvaluationReport) -> Table:
     table.add_row("error rate", f"{report.error_rate:.1%}")
     table.add_row("avg confidence", "-" if report.avg_confidence is None else f"{report.avg_confidence:.2f}")
     table.add_row("Brier score", "-" if report.brier_score is None else f"{report.brier_score:.3f}")
+    table.add_row("expected calibration error", "-" if report.ece is None else f"{report.ece:.3f}")
     table.add_row("p50 latency", "-" if report.p50_latency_ms is None else f"{report.p50_latency_ms:.0f} ms")
     table.add_row("p95 latency", "-" if report.p95_latency_ms is None else f"{report.p95_latency_ms:.0f} ms")
     if report.custom_candidates_accuracy is not None:
@@ -188,10 +189,13 @@ def evaluate_command(
     split: Annotated[str | None, typer.Option(help="Only this split (train, dev, test).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first K examples.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line of the metrics.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a reliability diagram (PNG) to this path.")] = None,
 ) -> None:
     """Run a decider on labeled examples and report accuracy, calibration and latency."""
     from delegation.learning.evaluation import summarize
 
+    if plot is not None and plot.suffix.lower() != ".png":
+        _fail(f"--plot writes a PNG: the path must end in .png, not {plot.name!r}", 2)
     settings = get_settings()
     examples = _load(dataset, split, limit)
     _ensure_endpoint(settings)
@@ -201,6 +205,20 @@ def evaluate_command(
     console.print(_report_table(report))
     console.print(_per_assignee_table(report))
     console.print(_confusion_table(report))
+    if plot is not None:
+        from delegation.cli.report_view import plot_reliability
+
+        scored = [o for o in outcomes if o.error is None and o.confidence is not None]
+        try:
+            written = plot_reliability(
+                f"{variant} {report.program_version} on {report.n} examples",
+                [float(o.confidence) for o in scored if o.confidence is not None],
+                [o.correct for o in scored],
+                plot,
+            )
+        except (ValueError, OSError) as err:
+            _fail(f"cannot write the plot: {err}", 2)
+        console.print(f"reliability diagram written to {written}")
     if as_json:
         print(report.model_dump_json())
 

@@ -213,3 +213,45 @@ def plot_report(report: ABReport, decisions: Sequence[StoredDecision], path: Pat
 
     write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
     return path
+
+
+def plot_reliability(title: str, confidences: Sequence[float], correct: Sequence[bool], path: Path) -> Path:
+    """Write a PNG reliability diagram: accuracy per confidence bin against the diagonal, with the bin counts.
+
+    Written atomically like ``plot_report``; raises ValueError for a path that does not end in ``.png``.
+    """
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"the plot is a PNG: the path must end in .png, not {path.name!r}")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from delegation.learning.calibration import (
+        ECE_BINS,
+        brier_score,
+        expected_calibration_error,
+        reliability_bins,
+    )
+
+    bins = reliability_bins(confidences, correct)
+    figure = Figure(figsize=(9, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    diagram, counts = figure.subplots(1, 2)
+    diagram.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    if bins:
+        diagram.plot([b[0] for b in bins], [b[1] for b in bins], marker="o", color="#DD8452", label="this decider")
+        for conf, acc, n in bins:
+            diagram.annotate(f"n={n}", (conf, acc), textcoords="offset points", xytext=(4, -10), fontsize="small")
+    diagram.set_xlim(0, 1)
+    diagram.set_ylim(0, 1.05)
+    diagram.set_xlabel("confidence (mean in bin)")
+    diagram.set_ylabel("accuracy in bin")
+    diagram.legend(loc="upper left", fontsize="small")
+    brier, ece = brier_score(confidences, correct), expected_calibration_error(confidences, correct)
+    diagram.set_title(f"Reliability: Brier {_num(brier)}, ECE {_num(ece)}")
+    counts.hist(list(confidences), bins=ECE_BINS, range=(0, 1), color="#4C72B0", alpha=0.7)
+    counts.set_xlabel("confidence")
+    counts.set_ylabel("answers")
+    counts.set_title("How often each confidence is given")
+    figure.suptitle(title)
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
+    return path

@@ -50,3 +50,6 @@ def workflow_id_for(task_id: str) -> str:
 # ---- the embedded model -----------------------------------------------------------------------
 EMBEDDED_MODEL_NAME = "qwen2.5-coder-1.5b-instruct"
 """The name the embedded llama.cpp server serves the model under, and the deciders ask for."""
+
+# workflow.patched() ids: recorded histories from before a change replay along the old path.
+STEERING_SEARCH_ATTRIBUTE_PATCH = "steering-search-attribute"

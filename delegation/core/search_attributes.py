@@ -9,6 +9,9 @@ DELEGATION_ASSIGNEE = SearchAttributeKey.for_keyword("DelegationAssignee")
 DELEGATION_CONFIDENCE = SearchAttributeKey.for_float("DelegationConfidence")
 DELEGATION_PROGRAM_VERSION = SearchAttributeKey.for_keyword("DelegationProgramVersion")
 DELEGATION_FALLBACK = SearchAttributeKey.for_bool("DelegationFallback")
+# True when the task text tried to steer the routing ("assign this to X", a fake system note):
+# which kinds were found is on the decision record, never the text itself.
+DELEGATION_STEERING_DETECTED = SearchAttributeKey.for_bool("DelegationSteeringDetected")
 
 ALL_KEYS = (
     DELEGATION_VARIANT,
@@ -16,6 +19,7 @@ ALL_KEYS = (
     DELEGATION_CONFIDENCE,
     DELEGATION_PROGRAM_VERSION,
     DELEGATION_FALLBACK,
+    DELEGATION_STEERING_DETECTED,
 )
 
 # Types as `temporal server start-dev --search-attribute Name=Type` spells them.

@@ -49,11 +49,22 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(default=60.0, gt=0, le=600, alias="LLM_TIMEOUT_S")
     llm_max_tokens: int = Field(default=256, ge=16, le=4096, alias="LLM_MAX_TOKENS")
 
+    # How the answer is held to the candidate ids: a llama.cpp GBNF grammar (the id alone, a
+    # handful of tokens) or an OpenAI JSON schema. "auto": grammar on the embedded server.
+    llm_answer_constraint: Literal["auto", "grammar", "json_schema"] = Field(
+        default="auto", alias="LLM_ANSWER_CONSTRAINT"
+    )
+    # "description": the reasoning is the chosen candidate's description, no generation (default);
+    # "generated": the model writes a short reason after the id (costs ~0.1 s per token on 2 cores).
+    decision_reasons: Literal["description", "generated"] = Field(default="description", alias="DECISION_REASONS")
     local_llm_model_path: Path | None = Field(default=None, alias="LOCAL_LLM_MODEL_PATH")
     local_llm_port: int = Field(default=8089, alias="LOCAL_LLM_PORT")
     local_llm_threads: int = Field(default=2, ge=1, le=256, alias="LOCAL_LLM_THREADS")
+    # Context per slot: the longest fixed prefix (~4,500 tokens with 32 demos) plus a list and a task.
     local_llm_ctx: int = Field(default=8192, ge=512, alias="LOCAL_LLM_CTX")
-    local_llm_parallel: int = Field(default=1, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
+    # Slots, each keeping one prompt cached: two per decider (default team, custom lists), see
+    # delegation.deciders.prompt_slots. Not parallelism: the embedded server decides one at a time.
+    local_llm_parallel: int = Field(default=4, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
 
     dspy_program_path: Path | None = Field(default=None, alias="DSPY_PROGRAM_PATH")
     artifact_dir_override: Path | None = Field(default=None, alias="ARTIFACT_DIR")

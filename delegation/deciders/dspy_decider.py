@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
+from dspy.utils.exceptions import AdapterParseError
+from loguru import logger
 
 from delegation.core.activity_io import DeciderResult
-from delegation.core.models import DelegationRequest, describe_validation_error
+from delegation.core.models import Assignee, DelegationRequest
 from delegation.core.team import candidates_for
-from delegation.deciders.dspy_program import DelegationDecider, DelegationJSONAdapter
+from delegation.deciders.calibration import Calibration
+from delegation.deciders.dspy_program import DelegationDecider, LabelFirstAdapter
 from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError, llm_call_error
-from delegation.deciders.policy import DelegationAnswer, format_candidates, format_task
+from delegation.deciders.label_first import (
+    AnswerParseError,
+    ParsedAnswer,
+    decision_from_answer,
+    logprob_text,
+)
+from delegation.deciders.policy import format_candidates, format_task
 
 if TYPE_CHECKING:
     import dspy
@@ -29,10 +38,11 @@ _FORBIDDEN_STATE_KEYS = {"lm", "api_base", "base_url", "api_key", "model"}
 
 @dataclass(frozen=True)
 class LoadedProgram:
-    """A program and the version it answers as. Also a program source that never changes."""
+    """A program, the version it answers as, and its calibration. Also a program source that never changes."""
 
     program: DelegationDecider
     version: str
+    calibration: Calibration | None = None
 
     @property
     def current(self) -> LoadedProgram:
@@ -65,7 +75,7 @@ def find_forbidden_lm_keys(state: Any) -> list[str]:
     return [p for p in _find_forbidden_keys(state) if ".demos[" not in p]
 
 
-def load_program(path: Path | None) -> LoadedProgram:
+def load_program(path: Path | None, calibration: Calibration | None = None) -> LoadedProgram:
     """The program saved at ``path`` (state-only JSON), or the unoptimized module when there is none."""
     if path is None:
         return LoadedProgram(DelegationDecider(), BASE_PROGRAM_VERSION)
@@ -83,18 +93,32 @@ def load_program(path: Path | None) -> LoadedProgram:
         program.load(str(path))
     except Exception as err:  # dspy raises several types for an incompatible state
         raise ProgramLoadError(f"program file {path} does not fit DelegationDecider: {err}") from None
-    return LoadedProgram(program, path.stem)
+    return LoadedProgram(program, path.stem, calibration)
 
 
 class DSPyDecider:
-    """Runs the DSPy program with ``await program.acall(...)`` inside ``dspy.context``."""
+    """Runs the DSPy program with ``await program.acall(...)`` inside ``dspy.context``.
 
-    def __init__(self, lm: dspy.LM, endpoint: LLMEndpoint, source: ProgramSource) -> None:
+    The answer is label first; the confidence is the id's probability from the endpoint's
+    log-probabilities, calibrated by the program's manifest. An endpoint that returns no
+    log-probabilities is asked, from then on, for a generated confidence (json_schema only).
+    """
+
+    def __init__(
+        self,
+        lm: dspy.LM,
+        endpoint: LLMEndpoint,
+        source: ProgramSource,
+    ) -> None:
         self._lm = lm
         self._endpoint = endpoint
         self._source = source
-        # JSON output constrained by a schema, rather than the ChatAdapter's parse-then-retry fallback.
-        self._adapter = DelegationJSONAdapter()
+        plan = endpoint.slot_plan
+        self._adapter = LabelFirstAdapter(
+            endpoint.answer_constraint,
+            generated_reason=endpoint.generated_reason,
+            slots=None if plan is None else (plan.slot_for("dspy", False), plan.slot_for("dspy", True)),
+        )
 
     @property
     def model(self) -> str:
@@ -105,38 +129,84 @@ class DSPyDecider:
         return self._lm
 
     @property
+    def adapter(self) -> LabelFirstAdapter:
+        """The adapter requests are formatted with (the prompt prefix depends on it)."""
+        return self._adapter
+
+    @property
     def program_version(self) -> str:
         return self._source.current.version
 
+    @property
+    def source(self) -> ProgramSource:
+        """Where the program comes from (the warm-up builds a decider with a longer timeout on it)."""
+        return self._source
+
+    def fixed_prefix(self) -> list[dict[str, Any]]:
+        """The messages every request starts with (policy, default team, demos): what the prompt cache keeps."""
+        route = self._source.current.program.route
+        messages = self._adapter.format(route.signature, list(route.demos), {"candidates": "", "task": ""})
+        return messages[:-1]
+
     async def decide(self, request: DelegationRequest) -> DeciderResult:
         """A decision validated against the request's candidates; ``DeciderError`` when there is none."""
-        import dspy
-
         loaded = self._source.current  # one program for the whole call, even if the champion changes meanwhile
         candidates = candidates_for(request)
-        ids = {c.id for c in candidates}
         started = time.perf_counter()
+        answer, logprobs = await self._ask(loaded, request, candidates)
+        if logprobs is None and answer.confidence is None and not self._adapter.generated_confidence:
+            self._switch_to_generated_confidence()
+            answer, logprobs = await self._ask(loaded, request, candidates)
+        latency_ms = (time.perf_counter() - started) * 1000
+        decision = decision_from_answer(answer, logprobs, candidates, calibration=loaded.calibration)
+        return DeciderResult(decision=decision, program_version=loaded.version, model=self.model, latency_ms=latency_ms)
+
+    async def _ask(
+        self, loaded: LoadedProgram, request: DelegationRequest, candidates: Sequence[Assignee]
+    ) -> tuple[ParsedAnswer, Any]:
+        import dspy
+
+        ids = [c.id for c in candidates]
+        adapter = self._adapter
         try:
-            with dspy.context(lm=self._lm, adapter=self._adapter):
+            with dspy.context(lm=self._lm, adapter=adapter):
                 prediction = await loaded.program.acall(
                     candidates=format_candidates(candidates),
                     task=format_task(request.title, request.description, request.priority),
-                    candidate_ids=[c.id for c in candidates],
+                    candidate_ids=ids,
                 )
-        except Exception as err:  # litellm's transport errors, and the adapter's parse failures
+        except AdapterParseError as err:
+            raise InvalidDecisionError(f"the answer could not be read: {str(err)[:200]}") from None
+        except Exception as err:  # litellm's transport errors
             raise llm_call_error(err, self._endpoint.redact) from None
-        latency_ms = (time.perf_counter() - started) * 1000
-        try:
-            # The same answer model and checks as the Instructor decider: percentages, clipping, candidates.
-            answer = DelegationAnswer.model_validate(
-                {
-                    "assignee_id": str(prediction.assignee_id),
-                    "confidence": prediction.confidence,
-                    "reasoning": str(prediction.reasoning or ""),
-                },
-                context={"candidate_ids": ids},
+        logprobs = prediction.get("logprobs")
+        text = logprob_text(logprobs)
+        spec = adapter.spec(ids)
+        if text is not None:
+            try:
+                return spec.parse(text), logprobs
+            except AnswerParseError:
+                logprobs = None  # tokens that do not spell the answer cannot give its probability
+        return (
+            ParsedAnswer(
+                assignee_id=str(prediction.get("assignee_id") or "").strip(),
+                reasoning=prediction.get("reasoning"),
+                confidence=prediction.get("confidence"),
+                id_offset=-1,
+            ),
+            None,
+        )
+
+    def _switch_to_generated_confidence(self) -> None:
+        if self._adapter.constraint != "json_schema":
+            raise InvalidDecisionError(
+                "the endpoint returned no log-probabilities; with LLM_ANSWER_CONSTRAINT=json_schema the model "
+                "writes its confidence instead"
             )
-            decision = answer.to_decision(ids)
-        except ValidationError as err:
-            raise InvalidDecisionError(describe_validation_error(err, model_name="DSPy answer")) from None
-        return DeciderResult(decision=decision, program_version=loaded.version, model=self.model, latency_ms=latency_ms)
+        logger.warning("the endpoint returned no log-probabilities: DSPy decisions now carry a generated confidence")
+        self._adapter = LabelFirstAdapter(
+            "json_schema",
+            generated_reason=self._adapter.generated_reason,
+            generated_confidence=True,
+            slots=self._adapter.slots,
+        )

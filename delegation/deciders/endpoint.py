@@ -7,13 +7,15 @@ Transport retries belong to Temporal, so every client here is built with retries
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from delegation.core.names import EMBEDDED_MODEL_NAME
 from delegation.core.settings import Settings
+from delegation.deciders.label_first import AnswerConstraint
+from delegation.deciders.prompt_slots import SlotPlan, slot_plan_for
 
 if TYPE_CHECKING:
     import dspy
@@ -35,6 +37,12 @@ class LLMEndpoint:
     timeout_s: float
     max_tokens: int
     embedded: bool
+    # How answers are held to the candidate ids (``delegation.deciders.label_first``).
+    answer_constraint: AnswerConstraint = "json_schema"
+    # A short generated reason after the id (DECISION_REASONS=generated), at its token cost.
+    generated_reason: bool = False
+    # llama.cpp slots per decider and kind of request (embedded server only).
+    slot_plan: SlotPlan | None = None
 
     @property
     def provider(self) -> str:
@@ -53,7 +61,26 @@ def embedded_base_url(settings: Settings) -> str:
 
 
 def resolve_endpoint(settings: Settings) -> LLMEndpoint:
-    """Pick the endpoint from the settings (see the module docstring for the order)."""
+    """Pick the endpoint from the settings (see the module docstring for the order) and its answer format.
+
+    ``LLM_ANSWER_CONSTRAINT=auto`` means a llama.cpp grammar on the embedded server (the id
+    alone) and a JSON schema elsewhere (what OpenAI and vLLM accept).
+    """
+    endpoint = _resolve_location(settings)
+    constraint: AnswerConstraint
+    if settings.llm_answer_constraint == "auto":
+        constraint = "grammar" if endpoint.embedded else "json_schema"
+    else:
+        constraint = settings.llm_answer_constraint
+    return replace(
+        endpoint,
+        answer_constraint=constraint,
+        generated_reason=settings.decision_reasons == "generated",
+        slot_plan=slot_plan_for(endpoint.embedded, settings.local_llm_parallel),
+    )
+
+
+def _resolve_location(settings: Settings) -> LLMEndpoint:
     key = settings.llm_api_key or settings.openai_api_key
     if settings.llm_base_url:
         return LLMEndpoint(

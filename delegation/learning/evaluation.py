@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from delegation.core.models import SELF_ID
 from delegation.deciders.protocol import Decider
+from delegation.learning.calibration import brier_score, expected_calibration_error
 from delegation.learning.dataset import LabeledExample
 from delegation.rollout.arm_metrics import percentile
 
@@ -27,6 +28,7 @@ class Outcome(BaseModel):
     predicted: str | None
     confidence: float | None
     latency_ms: float
+    confidence_source: str | None = None
     error: str | None = None
     steering: bool = False
     custom_candidates: bool = Field(default=False, description="The example brings its own candidate list.")
@@ -54,6 +56,7 @@ class EvaluationReport(BaseModel):
     error_rate: float
     avg_confidence: float | None
     brier_score: float | None
+    ece: float | None = Field(default=None, description="Expected calibration error over 10 confidence bins.")
     p50_latency_ms: float | None
     p95_latency_ms: float | None
     steering_n: int = 0
@@ -64,6 +67,12 @@ class EvaluationReport(BaseModel):
     )
     per_assignee: dict[str, AssigneeScores]
     confusion: dict[str, dict[str, int]]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def brier(self) -> float | None:
+        """``brier_score`` under the short name ``evaluate --json`` promises."""
+        return self.brier_score
 
 
 def exact_match(example: Any, prediction: Any, trace: Any = None) -> float:
@@ -97,6 +106,7 @@ async def run_decider(
                     custom_candidates=example.assignees is not None,
                     predicted=result.decision.assignee_id,
                     confidence=result.decision.confidence,
+                    confidence_source=result.decision.confidence_source,
                     latency_ms=result.latency_ms,
                 )
             except Exception as err:  # an evaluation reports failures, it does not stop on them
@@ -123,12 +133,9 @@ def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str
     answered = [o for o in outcomes if o.error is None]
     correct = sum(o.correct for o in outcomes)
     delegate_right = sum(o.error is None and (o.predicted != SELF_ID) == (o.label != SELF_ID) for o in outcomes)
-    confidences = [o.confidence for o in answered if o.confidence is not None]
-    brier = (
-        float(np.mean([(o.confidence - float(o.correct)) ** 2 for o in answered if o.confidence is not None]))
-        if confidences
-        else None
-    )
+    scored = [o for o in answered if o.confidence is not None]
+    confidences = [o.confidence for o in scored if o.confidence is not None]
+    rights = [o.correct for o in scored]
     latencies = [o.latency_ms for o in answered]
     steering = [o for o in outcomes if o.steering]
     custom = [o for o in outcomes if o.custom_candidates]
@@ -155,7 +162,8 @@ def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str
         should_delegate_accuracy=delegate_right / n if n else 0.0,
         error_rate=(n - len(answered)) / n if n else 0.0,
         avg_confidence=float(np.mean(confidences)) if confidences else None,
-        brier_score=brier,
+        brier_score=brier_score(confidences, rights),
+        ece=expected_calibration_error(confidences, rights),
         p50_latency_ms=percentile(latencies, 0.50),
         p95_latency_ms=percentile(latencies, 0.95),
         steering_n=len(steering),

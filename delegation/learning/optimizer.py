@@ -21,13 +21,10 @@ import dspy
 
 from delegation.core.team import candidates_for
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram
-from delegation.deciders.dspy_program import (
-    DelegationDecider,
-    DelegationJSONAdapter,
-    DelegationSignature,
-)
+from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
 from delegation.deciders.endpoint import LLMEndpoint
 from delegation.deciders.policy import format_candidates, format_task
+from delegation.learning.calibration import brier_score, expected_calibration_error, fit_platt
 from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.learning.evaluation import (
     EvaluationReport,
@@ -38,16 +35,26 @@ from delegation.learning.evaluation import (
 )
 from delegation.learning.registry import ArtifactRegistry, Manifest
 
-OPTIMIZERS = ("bootstrap", "labeled", "random-search", "mipro")
+OPTIMIZERS = ("demo-search", "labeled", "bootstrap", "random-search", "mipro")
+# The demo counts the search tries (at most ``max_demos``): more demos help a small model until
+# the longer prefix costs more per new token than they win.
+DEMO_COUNTS = (8, 16, 24, 32)
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """Which optimizer, how many demos, which shuffle: the shipped champion's configuration by default."""
+    """Which optimizer, how many demos at most, which shuffle: the shipped champion's configuration by default.
 
-    optimizer: str = "bootstrap"
-    max_demos: int = 8
+    ``demo-search`` draws ``sets_per_count`` demo sets for each count in ``DEMO_COUNTS`` up to
+    ``max_demos`` from the train split (every default-team assignee, steering cases and custom
+    candidate lists among them), scores each on dev through the serving decider, and keeps the
+    best (fewer demos on a tie: a shorter prefix is a faster decision).
+    """
+
+    optimizer: str = "demo-search"
+    max_demos: int = 32
     seed: int = 7
+    sets_per_count: int = 2
 
 
 DEFAULT_OPTIMIZER_CONFIG = OptimizerConfig()
@@ -99,7 +106,7 @@ def to_dspy_example(example: LabeledExample) -> dspy.Example:
 
 
 def build_optimizer(name: str, max_demos: int, seed: int) -> Any:
-    """The DSPy optimizer for a name, scored by exact assignee match."""
+    """The DSPy optimizer for a name, scored by exact assignee match (``demo-search`` is ``search_demos``)."""
     if name == "bootstrap":
         return dspy.BootstrapFewShot(
             metric=exact_match, max_bootstrapped_demos=max_demos, max_labeled_demos=0, max_rounds=1
@@ -110,7 +117,7 @@ def build_optimizer(name: str, max_demos: int, seed: int) -> Any:
         return dspy.BootstrapFewShotWithRandomSearch(
             metric=exact_match,
             max_bootstrapped_demos=max_demos,
-            max_labeled_demos=0,
+            max_labeled_demos=max_demos,
             num_candidate_programs=4,
             num_threads=1,
         )
@@ -126,16 +133,86 @@ def build_optimizer(name: str, max_demos: int, seed: int) -> Any:
     raise OptimizationError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
+def draw_demos(train: Sequence[LabeledExample], count: int, seed: int) -> list[LabeledExample]:
+    """``count`` train examples: one of each default-team assignee first, then steering and custom-list cases, then any.
+
+    Deterministic for the same train set, count and seed.
+    """
+    pool = sorted(train, key=lambda e: e.id)
+    random.Random(f"{seed}:{count}").shuffle(pool)
+    chosen: list[LabeledExample] = []
+    seen_labels: set[str] = set()
+    for example in pool:
+        if example.assignees is None and not example.steering and example.label not in seen_labels:
+            chosen.append(example)
+            seen_labels.add(example.label)
+    chosen = chosen[:count]
+    steering = [e for e in pool if e.steering and e not in chosen]
+    chosen.extend(steering[: max(0, min(max(1, count // 8), count - len(chosen)))])
+    custom = [e for e in pool if e.assignees is not None and e not in chosen]
+    chosen.extend(custom[: max(0, min(max(1, count // 4), count - len(chosen)))])
+    chosen.extend([e for e in pool if e not in chosen][: max(0, count - len(chosen))])
+    # Demos in a shuffled order, so that no assignee's examples sit together at the end of the prefix.
+    random.Random(f"order:{seed}:{count}").shuffle(chosen)
+    return chosen
+
+
+def program_with_demos(demos: Sequence[LabeledExample]) -> DelegationDecider:
+    """The module with these examples as its demos (inputs as the serving path sends them, the label as answer)."""
+    program = DelegationDecider()
+    program.route.demos = [to_dspy_example(e) for e in demos]
+    return program
+
+
 def compile_program(
-    lm: dspy.LM, optimizer: str, train: Sequence[LabeledExample], *, max_demos: int, seed: int
+    lm: dspy.LM, optimizer: str, train: Sequence[LabeledExample], *, max_demos: int, seed: int, adapter: Any
 ) -> DelegationDecider:
-    """Compile on the train examples (shuffled by ``seed``); deterministic for the same inputs at temperature 0."""
+    """Compile with one of DSPy's optimizers on the train examples (shuffled by ``seed``)."""
     trainset = [to_dspy_example(e) for e in sorted(train, key=lambda e: e.id)]
     random.Random(seed).shuffle(trainset)
     compiler = build_optimizer(optimizer, max_demos, seed)
-    with dspy.context(lm=lm, adapter=DelegationJSONAdapter()):
+    with dspy.context(lm=lm, adapter=adapter):
         compiled: DelegationDecider = compiler.compile(DelegationDecider(), trainset=trainset)
     return compiled
+
+
+@dataclass(frozen=True)
+class SearchedProgram:
+    program: DelegationDecider
+    demos: int
+    seed: int
+    report: EvaluationReport
+    outcomes: list[Outcome]
+
+
+def search_demos(
+    *,
+    lm: dspy.LM,
+    endpoint: LLMEndpoint,
+    train: Sequence[LabeledExample],
+    dev: Sequence[LabeledExample],
+    config: OptimizerConfig,
+    progress: OptimizationProgress | None = None,
+) -> tuple[SearchedProgram, list[SearchedProgram]]:
+    """Score demo sets on dev through the serving decider; the best one, and every one tried."""
+    counts = [c for c in DEMO_COUNTS if c <= config.max_demos] or [config.max_demos]
+    tried: list[SearchedProgram] = []
+    for count in counts:
+        for offset in range(config.sets_per_count):
+            seed = config.seed + offset
+            program = program_with_demos(draw_demos(train, count, seed))
+            report, outcomes = evaluate_program(
+                program,
+                f"search-{count}-{seed}",
+                dev,
+                lm=lm,
+                endpoint=endpoint,
+                progress=progress,
+                label=f"{count} demos (seed {seed}) on dev",
+            )
+            tried.append(SearchedProgram(program, count, seed, report, outcomes))
+    best = max(tried, key=lambda t: (t.report.accuracy, -t.demos))
+    return best, tried
 
 
 def evaluate_program(
@@ -176,9 +253,8 @@ def optimize(
         raise OptimizationError(f"need train and dev examples (got {len(train)} train, {len(dev)} dev)")
     registry.writable_folder(artifact_directory)  # refuse a bad folder now, not after an hour of compiling
     optimizer, max_demos, seed = config.optimizer, config.max_demos, config.seed
-    if progress is not None:
-        progress.phase(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples")
-    program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed)
+    if optimizer not in OPTIMIZERS:
+        raise OptimizationError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
     base, _ = evaluate_program(
         DelegationDecider(),
         BASE_PROGRAM_VERSION,
@@ -188,9 +264,29 @@ def optimize(
         progress=progress,
         label="base on dev",
     )
-    optimized, _ = evaluate_program(
-        program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
-    )
+    searched: dict[str, Any] = {}
+    if optimizer == "demo-search":
+        best, tried = search_demos(lm=lm, endpoint=endpoint, train=train, dev=dev, config=config, progress=progress)
+        program, optimized, outcomes = best.program, best.report, best.outcomes
+        searched = {
+            "sets_per_count": config.sets_per_count,
+            "tried": [{"demos": t.demos, "seed": t.seed, "dev_score": t.report.accuracy} for t in tried],
+            "chosen_seed": best.seed,
+        }
+    else:
+        if progress is not None:
+            progress.phase(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples")
+        adapter = LabelFirstAdapter(endpoint.answer_constraint)
+        program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed, adapter=adapter)
+        optimized, outcomes = evaluate_program(
+            program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
+        )
+    # Calibration from the chosen program's own dev answers (raw probabilities: it has none yet).
+    scored = [o for o in outcomes if o.error is None and o.confidence is not None]
+    raw = [float(o.confidence) for o in scored if o.confidence is not None]
+    rights = [o.correct for o in scored]
+    calibration = fit_platt(raw, rights, fitted_on=f"dev ({len(raw)})")
+    calibrated = [calibration.apply(p) for p in raw] if calibration is not None else raw
     parent = registry.champion()
     manifest = registry.write_version(
         program,
@@ -200,6 +296,12 @@ def optimize(
                 "max_demos": max_demos,
                 "seed": seed,
                 "demos": len(program.route.demos),
+                "answer_format": f"label-first ({endpoint.answer_constraint})",
+                "dev_brier_raw": brier_score(raw, rights),
+                "dev_ece_raw": expected_calibration_error(raw, rights),
+                "dev_brier_calibrated": brier_score(calibrated, rights),
+                "dev_ece_calibrated": expected_calibration_error(calibrated, rights),
+                **searched,
                 **(extra_params or {}),
             },
             "train_sha256": dataset_sha256(train),
@@ -212,6 +314,7 @@ def optimize(
             "dspy_version": dspy.__version__,
             "signature_fields": list(DelegationSignature.fields),
             "parent_version": parent,
+            "calibration": calibration.model_dump() if calibration is not None else None,
             "status": initial_status,
             "status_reason": status_reason
             or (

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from delegation.deciders.calibration import Calibration
 from delegation.deciders.dspy_decider import LoadedProgram, find_forbidden_lm_keys, load_program
 from delegation.deciders.errors import ProgramLoadError
 from delegation.store.files import atomic_write_text, sha256_of, write_atomically
@@ -61,6 +62,8 @@ class Manifest(BaseModel):
     dspy_version: str
     signature_fields: list[str]
     parent_version: int | None
+    # Fitted on dev by the optimizer; applied to the model's probabilities when serving.
+    calibration: Calibration | None = None
     status: Status
     status_reason: str
 
@@ -192,9 +195,9 @@ class ArtifactRegistry:
 
     def load(self, version: int) -> LoadedProgram:
         """Verify and load a version; the loaded program reports ``optimized_delegation_v{N}``."""
-        path, _ = self.verify(version)
+        path, manifest = self.verify(version)
         try:
-            return load_program(path)
+            return load_program(path, manifest.calibration)
         except ProgramLoadError as err:
             raise RegistryError(str(err)) from None
 

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,6 +20,7 @@ from delegation.activities.deciders import DeciderActivities
 from delegation.activities.feedback import FeedbackActivities
 from delegation.activities.flags import FlagActivities
 from delegation.activities.recording import RecordActivities
+from delegation.core.models import Assignee, DelegationRequest, Variant
 from delegation.core.settings import Settings, env_file_for, get_settings
 from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
 from delegation.deciders.protocol import Decider
@@ -113,25 +115,61 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
     )
 
 
-async def warm_up(deps: WorkerDependencies) -> None:
-    """One decision per decider, so the server's prompt cache holds both fixed prompts before real traffic.
+# A first prefill of the longest prefix takes ~60 s on 2 cores: longer than a decision's timeout.
+WARM_UP_TIMEOUT_S = 600.0
+# A custom list for the warm-up, so the custom-list slot holds the shared prefix too.
+_WARM_UP_TEAM = [
+    Assignee(id="self", name="Assistant", kind="agent", description="Writes, replies, summarizes and schedules."),
+    Assignee(id="ops", name="Operations", kind="human", description="Suppliers, facilities and logistics."),
+]
 
-    On the embedded model the first call pays for the whole prompt (~700 tokens, ~20 s on
-    2 cores); later calls only for the task text. A failure here is logged, never fatal.
+
+async def warm_up(deps: WorkerDependencies, on_step: Callable[[str], None] | None = None) -> None:
+    """Fill the embedded server's slots with both deciders' fixed prefixes before real traffic.
+
+    A prefix saved by an earlier start is restored from disk (seconds); otherwise one decision
+    per slot pays the prefill (about a minute for the DSPy champion's prefix) under a long
+    timeout of its own, and the slot is saved for the next start. Best effort: a failure is
+    logged, never fatal. ``on_step`` hears a line per step (the CLI shows it).
     """
-    import time
+    from delegation.deciders.dspy_decider import DSPyDecider
+    from delegation.deciders.endpoint import build_async_openai, build_dspy_lm
+    from delegation.deciders.instructor_decider import InstructorDecider
+    from delegation.deciders.prompt_slots import prefix_key, restore_slot, save_slot
 
-    from delegation.core.models import DelegationRequest
-
-    probe = DelegationRequest(task_id="warm-up", title="Summarize the meeting notes")
-    for name, decider in (("instructor", deps.instructor), ("dspy", deps.dspy)):
-        started = time.perf_counter()
-        try:
-            await decider.decide(probe)
-        except Exception as err:  # warm-up is best effort
-            logger.warning("warm-up of the {} decider failed: {}", name, deps.endpoint.redact(str(err)))
-        else:
-            logger.info("warm-up of the {} decider took {:.1f} s", name, time.perf_counter() - started)
+    endpoint = replace(deps.endpoint, timeout_s=WARM_UP_TIMEOUT_S)
+    deciders: list[tuple[Variant, InstructorDecider | DSPyDecider]] = [
+        ("instructor", InstructorDecider(build_async_openai(endpoint), endpoint))
+    ]
+    source = getattr(deps.dspy, "source", None)  # the DSPy decider's program source (absent on test doubles)
+    if source is not None:
+        deciders.append(("dspy", DSPyDecider(build_dspy_lm(endpoint), endpoint, source)))
+    probes = [
+        DelegationRequest(task_id="warm-up", title="Summarize the meeting notes"),
+        DelegationRequest(task_id="warm-up-custom", title="Summarize the meeting notes", assignees=_WARM_UP_TEAM),
+    ]
+    plan = endpoint.slot_plan
+    for variant, decider in deciders:
+        filename = f"{variant}-{prefix_key(endpoint.model, decider.fixed_prefix())}.bin"
+        for probe in probes:
+            custom = probe.assignees is not None
+            slot = None if plan is None else plan.slot_for(variant, custom)
+            started = time.perf_counter()
+            restored = slot is not None and await restore_slot(endpoint.base_url, slot, filename, WARM_UP_TIMEOUT_S)
+            try:
+                await decider.decide(probe)
+            except Exception as err:  # warm-up is best effort
+                logger.warning("warm-up of the {} decider failed: {}", variant, deps.endpoint.redact(str(err)))
+                continue
+            if slot is not None and not restored and not custom:
+                await save_slot(endpoint.base_url, slot, filename, WARM_UP_TIMEOUT_S)
+            line = (
+                f"warm-up of the {variant} decider ({'custom list' if custom else 'default team'}) took "
+                f"{time.perf_counter() - started:.1f} s{' (prefix restored from disk)' if restored else ''}"
+            )
+            logger.info(line)
+            if on_step is not None:
+                on_step(line)
 
 
 def build_worker(
@@ -201,10 +239,10 @@ def build_reoptimization_worker(client: Client, activities: ReoptimizationActivi
 
 
 def llm_concurrency(settings: Settings, endpoint: LLMEndpoint) -> int:
-    """LLM calls in flight: the embedded server's slots (more would only queue inside it and time out)."""
+    """LLM calls in flight: one on the embedded server (2 cores: a second call only slows both), 16 elsewhere."""
     if settings.llm_max_concurrency is not None:
         return settings.llm_max_concurrency
-    return settings.local_llm_parallel if endpoint.embedded else 16
+    return 1 if endpoint.embedded else 16
 
 
 def decider_activity(settings: Settings, endpoint: LLMEndpoint) -> Literal["local", "remote"]:

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         DELEGATION_CONFIDENCE,
         DELEGATION_FALLBACK,
         DELEGATION_PROGRAM_VERSION,
+        DELEGATION_STEERING_DETECTED,
         DELEGATION_VARIANT,
     )
 
@@ -144,6 +145,8 @@ class DelegationWorkflow:
                 DELEGATION_CONFIDENCE.value_set(result.decision.confidence),
                 DELEGATION_PROGRAM_VERSION.value_set(result.program_version),
             ]
+            if workflow.patched(names.STEERING_SEARCH_ATTRIBUTE_PATCH):
+                updates.append(DELEGATION_STEERING_DETECTED.value_set(bool(result.decision.steering_detected)))
         workflow.upsert_search_attributes(updates)
 
         # Recorded even when both deciders failed: failures are training data too.

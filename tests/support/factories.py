@@ -9,11 +9,19 @@ from pydantic import SecretStr
 
 from delegation.core.models import Assignee, DecisionRecord, DelegationRequest
 from delegation.deciders.endpoint import LLMEndpoint
+from delegation.deciders.label_first import AnswerConstraint
 
 TEST_API_KEY = "sk-test-do-not-leak-4f9c2e"
 
 
-def endpoint_for(base_url: str, *, api_key: str = TEST_API_KEY, timeout_s: float = 5.0) -> LLMEndpoint:
+def endpoint_for(
+    base_url: str,
+    *,
+    api_key: str = TEST_API_KEY,
+    timeout_s: float = 5.0,
+    constraint: AnswerConstraint = "json_schema",
+    generated_reason: bool = False,
+) -> LLMEndpoint:
     return LLMEndpoint(
         base_url=base_url,
         api_key=SecretStr(api_key),
@@ -21,6 +29,8 @@ def endpoint_for(base_url: str, *, api_key: str = TEST_API_KEY, timeout_s: float
         timeout_s=timeout_s,
         max_tokens=128,
         embedded=False,
+        answer_constraint=constraint,
+        generated_reason=generated_reason,
     )
 
 

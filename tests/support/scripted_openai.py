@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +25,55 @@ def completion(content: str, *, model: str = "scripted", finish_reason: str = "s
     }
 
 
-def routing_answer(assignee_id: str, confidence: float = 0.9, reasoning: str = "Rule applies.") -> tuple[int, dict]:
-    """A 200 response carrying a routing answer as JSON text."""
-    body = json.dumps({"assignee_id": assignee_id, "confidence": confidence, "reasoning": reasoning})
-    return 200, completion(body)
+def _entry(token: str, logprob: float, alternatives: dict[str, float] | None = None) -> dict[str, Any]:
+    tops = alternatives if alternatives is not None else {token: logprob}
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in tops.items()],
+    }
+
+
+def routing_answer(
+    assignee_id: str,
+    confidence: float = 0.9,
+    *,
+    alternative: str = "self",
+    grammar: bool = False,
+    logprobs: bool = True,
+    generated_confidence: float | None = None,
+    reasoning: str | None = None,
+) -> tuple[int, dict]:
+    """A 200 response carrying a label-first answer, and log-probabilities that give the id ``confidence``.
+
+    The rest of the probability goes to ``alternative`` (another candidate's id), so the
+    renormalised probability over the candidates is ``confidence`` when both are candidates.
+    ``grammar``: the bare id (llama.cpp grammar) instead of the one-key JSON object.
+    """
+    other = alternative if alternative != assignee_id else "finance-manager"
+    id_alternatives = {assignee_id: math.log(confidence)}
+    if confidence < 1.0:
+        id_alternatives[other] = math.log(1.0 - confidence)
+    if grammar:
+        content = assignee_id if reasoning is None else f"{assignee_id} - {reasoning}"
+        tokens = [_entry(assignee_id, math.log(confidence), id_alternatives)]
+        if reasoning is not None:
+            tokens.append(_entry(f" - {reasoning}", 0.0))
+    else:
+        answer: dict[str, Any] = {"assignee_id": assignee_id}
+        if generated_confidence is not None:
+            answer["confidence"] = generated_confidence
+        if reasoning is not None:
+            answer["reasoning"] = reasoning
+        content = json.dumps(answer)
+        head, tail = content.split(json.dumps(assignee_id), 1)
+        tokens = [_entry(head + '"', 0.0), _entry(assignee_id, math.log(confidence), id_alternatives)]
+        tokens.append(_entry('"' + tail, 0.0))
+    body = completion(content)
+    if logprobs:
+        body["choices"][0]["logprobs"] = {"content": tokens}
+    return 200, body
 
 
 def error(status: int, message: str = "scripted failure") -> tuple[int, dict]:
@@ -49,6 +95,7 @@ class ScriptedOpenAI:
     def __init__(self, responder: Responder) -> None:
         self.responder = responder
         self.requests: list[dict[str, Any]] = []
+        self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []
         outer = self
 
@@ -59,6 +106,17 @@ class ScriptedOpenAI:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                outer.paths.append(self.path)
+                if not self.path.endswith("/chat/completions"):
+                    # Not a completion (e.g. llama.cpp's /slots actions): recorded by path only.
+                    status, payload = 404, {"error": {"message": f"no route {self.path}"}}
+                    data = json.dumps(payload).encode()
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 outer.requests.append(body)
                 outer.headers.append(dict(self.headers))
                 if not self.path.endswith("/chat/completions"):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from delegation.cli.main import app
 from delegation.core.settings import get_settings
+from delegation.deciders.instructor_decider import PROGRAM_VERSION as INSTRUCTOR_VERSION
 from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 runner = CliRunner()
@@ -62,7 +63,8 @@ def test_evaluate_ends_with_one_json_line(
     assert report["accuracy"] == 1.0 and report["error_rate"] == 0.0
     assert report["avg_confidence"] == pytest.approx(0.8)
     assert report["p50_latency_ms"] > 0
-    assert report["program_version"] == ("instructor-v1" if variant == "instructor" else "dspy-base")
+    assert report["program_version"] == (INSTRUCTOR_VERSION if variant == "instructor" else "dspy-base")
+    assert {"p95_latency_ms", "brier", "ece"} <= set(report)
     assert len(server.requests) == 3
 
 

@@ -58,14 +58,15 @@ def test_clients_have_transport_retries_off() -> None:
 @pytest.mark.parametrize(
     ("values", "mode", "concurrency"),
     [
-        ({}, "remote", 1),  # embedded: seconds per call, one slot
+        ({}, "remote", 1),  # embedded: seconds per call, one at a time on 2 cores
         ({"LLM_BASE_URL": "http://127.0.0.1:9/v1"}, "local", 16),
         (
             {"LLM_BASE_URL": "http://127.0.0.1:9/v1", "DECIDER_ACTIVITY": "remote", "LLM_MAX_CONCURRENCY": 3},
             "remote",
             3,
         ),
-        ({"DECIDER_ACTIVITY": "local", "LOCAL_LLM_PARALLEL": 2}, "local", 2),
+        ({"DECIDER_ACTIVITY": "local", "LOCAL_LLM_PARALLEL": 2}, "local", 1),  # slots cache prefixes, not calls
+        ({"LLM_MAX_CONCURRENCY": 2}, "remote", 2),
     ],
 )
 def test_worker_wiring_follows_the_endpoint(values: dict, mode: str, concurrency: int) -> None:
@@ -73,3 +74,12 @@ def test_worker_wiring_follows_the_endpoint(values: dict, mode: str, concurrency
     endpoint = resolve_endpoint(settings)
     assert decider_activity(settings, endpoint) == mode
     assert llm_concurrency(settings, endpoint) == concurrency
+
+
+def test_the_embedded_server_gets_a_slot_per_decider_and_kind_of_request() -> None:
+    plan = resolve_endpoint(_settings()).slot_plan
+    assert plan is not None
+    slots = {(v, c): plan.slot_for(v, c) for v in ("dspy", "instructor") for c in (False, True)}  # type: ignore[arg-type]
+    assert sorted(slots.values()) == [0, 1, 2, 3]
+    assert resolve_endpoint(_settings(LOCAL_LLM_PARALLEL=2)).slot_plan is None  # too few slots: none pinned
+    assert resolve_endpoint(_settings(LLM_BASE_URL="http://127.0.0.1:9/v1")).slot_plan is None

@@ -9,48 +9,69 @@ from temporalio.exceptions import ApplicationError
 
 from delegation.activities.deciders import as_application_error
 from delegation.deciders.endpoint import build_async_openai
-from delegation.deciders.instructor_decider import MAX_REASKS, InstructorDecider
+from delegation.deciders.instructor_decider import HANDWRITTEN_EXAMPLES, MAX_REASKS, InstructorDecider
 from delegation.deciders.policy import POLICY
 from tests.support.factories import CUSTOM_TEAM, TEST_API_KEY, endpoint_for, request
 from tests.support.scripted_openai import ScriptedOpenAI, error, last_user_text, routing_answer
 
+DEFAULT_IDS = {
+    "self",
+    "backend-engineer",
+    "product-designer",
+    "finance-manager",
+    "legal-counsel",
+    "people-ops",
+    "research-agent",
+    "it-ops-agent",
+}
 
-def _decider(server: ScriptedOpenAI) -> InstructorDecider:
-    endpoint = endpoint_for(server.base_url)
-    return InstructorDecider(build_async_openai(endpoint), endpoint)
+
+def _decider(server: ScriptedOpenAI, **endpoint: object) -> InstructorDecider:
+    config = endpoint_for(server.base_url, **endpoint)  # type: ignore[arg-type]
+    return InstructorDecider(build_async_openai(config), config)
 
 
-async def test_valid_answer_becomes_a_decision_and_the_request_carries_policy_and_schema() -> None:
+async def test_the_answer_is_label_first_and_the_confidence_comes_from_logprobs() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("backend-engineer", 0.85)) as server:
         result = await _decider(server).decide(request())
-    decision, latency_ms = result.decision, result.latency_ms
-    assert decision.assignee_id == "backend-engineer"
-    assert decision.should_delegate is True
+    decision = result.decision
+    assert decision.assignee_id == "backend-engineer" and decision.should_delegate is True
     assert decision.confidence == pytest.approx(0.85)
-    assert latency_ms > 0
+    assert decision.confidence_source == "logprobs"
+    # No reason was generated: the reasoning says plainly that it is the candidate's description.
+    assert decision.reasoning_source == "candidate_description"
+    assert decision.reasoning.startswith("Not generated; backend-engineer's description: Production systems")
+    assert result.latency_ms > 0
     sent = server.requests[0]
-    assert sent["messages"][0]["role"] == "system" and sent["messages"][0]["content"].startswith(POLICY)
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 20
+    assert sent["max_tokens"] <= 16
     schema = sent["response_format"]["json_schema"]["schema"]
-    assert sent["response_format"]["type"] == "json_schema"
-    assert set(schema["properties"]["assignee_id"]["enum"]) == {
-        "self",
-        "backend-engineer",
-        "product-designer",
-        "finance-manager",
-        "legal-counsel",
-        "people-ops",
-        "research-agent",
-        "it-ops-agent",
-    }
+    assert list(schema["properties"]) == ["assignee_id"]  # the id is all that is generated
+    assert set(schema["properties"]["assignee_id"]["enum"]) == DEFAULT_IDS
+    assert sent["messages"][0]["role"] == "system" and sent["messages"][0]["content"].startswith(POLICY)
     assert "Fix the production database outage" in last_user_text(sent)
     assert {k.lower(): v for k, v in server.headers[0].items()}["authorization"] == f"Bearer {TEST_API_KEY}"
+
+
+async def test_the_prompt_is_the_policy_the_hand_written_examples_and_the_request_last() -> None:
+    with ScriptedOpenAI(lambda _: routing_answer("self", 0.7)) as server:
+        decider = _decider(server)
+        await decider.decide(request("Translate this email into French"))
+        await decider.decide(request("Ship the pallets", assignees=CUSTOM_TEAM))
+    first, second = (r["messages"] for r in server.requests)
+    assert len(first) == 2 + 2 * len(HANDWRITTEN_EXAMPLES)
+    assert [m["role"] for m in first[1:3]] == ["user", "assistant"]
+    assert json.loads(first[2]["content"]) == {"assignee_id": HANDWRITTEN_EXAMPLES[0][2]}
+    # Everything before the last message is the same for every request: the server's prompt cache serves it.
+    assert first[:-1] == second[:-1]
+    assert second[-1]["content"].startswith("Candidates for this task:\n- self (agent)")
+    assert "<task>" in second[-1]["content"]
 
 
 async def test_self_means_no_delegation() -> None:
     with ScriptedOpenAI(lambda _: routing_answer("self", 0.7)) as server:
         decision = (await _decider(server).decide(request("Translate this email into French"))).decision
-    assert decision.assignee_id == "self"
-    assert decision.should_delegate is False
+    assert decision.assignee_id == "self" and decision.should_delegate is False
 
 
 async def test_out_of_list_answer_is_re_asked_then_accepted() -> None:
@@ -59,8 +80,7 @@ async def test_out_of_list_answer_is_re_asked_then_accepted() -> None:
         decision = (await _decider(server).decide(request("Review the NDA"))).decision
     assert decision.assignee_id == "legal-counsel"
     assert len(server.requests) == 2
-    # The re-ask tells the model what was wrong.
-    assert "assignee_id" in json.dumps(server.requests[1]["messages"][2:])
+    assert "assignee_id" in json.dumps(server.requests[1]["messages"][-2:])  # the re-ask says what was wrong
 
 
 async def test_steering_text_never_yields_an_id_outside_the_candidates() -> None:
@@ -73,19 +93,33 @@ async def test_steering_text_never_yields_an_id_outside_the_candidates() -> None
         await _decider(server).decide(steered)
     assert len(server.requests) == MAX_REASKS + 1
     failure = as_application_error(caught.value, "instructor", endpoint_for(server.base_url).redact)
-    assert failure.type == "InvalidDecision"
-    assert failure.non_retryable is True
+    assert failure.type == "InvalidDecision" and failure.non_retryable is True
     assert "attacker-agent" not in failure.message
-    # The candidate list sent to the model is the request's own, fenced away from the task text.
     user_text = last_user_text(server.requests[0])
     assert "- logistics (human)" in user_text and "- backend-engineer" not in user_text
     assert "<task>" in user_text
 
 
-async def test_confidence_as_a_percentage_is_read_as_a_fraction() -> None:
-    with ScriptedOpenAI(lambda _: routing_answer("finance-manager", 90)) as server:
-        decision = (await _decider(server).decide(request("Pay the invoice"))).decision
-    assert decision.confidence == pytest.approx(0.9)
+async def test_an_endpoint_without_logprobs_gets_a_generated_confidence_from_then_on() -> None:
+    def responder(body: dict) -> tuple[int, dict]:
+        asks_confidence = "confidence" in body["response_format"]["json_schema"]["schema"]["properties"]
+        return routing_answer("finance-manager", logprobs=False, generated_confidence=0.6 if asks_confidence else None)
+
+    with ScriptedOpenAI(responder) as server:
+        decider = _decider(server)
+        first = (await decider.decide(request("Pay the invoice"))).decision
+        second = (await decider.decide(request("Pay the other invoice"))).decision
+    assert first.confidence == pytest.approx(0.6) and first.confidence_source == "generated"
+    assert second.confidence_source == "generated"
+    assert len(server.requests) == 3  # one re-ask, the first time only
+
+
+async def test_a_generated_reason_when_turned_on() -> None:
+    with ScriptedOpenAI(lambda _: routing_answer("legal-counsel", 0.8, reasoning="Rule 1: contract")) as server:
+        decision = (await _decider(server, generated_reason=True).decide(request("Review the NDA"))).decision
+    assert decision.reasoning == "Rule 1: contract" and decision.reasoning_source == "generated"
+    assert "reasoning" in server.requests[0]["response_format"]["json_schema"]["schema"]["properties"]
+    assert decision.confidence == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (429, True), (401, False), (400, False)])

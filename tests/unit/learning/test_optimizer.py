@@ -1,27 +1,28 @@
-"""The optimizer, driven by DummyLM: example conversion, compiling, and writing a scored candidate version."""
+"""The optimizer against a scripted server: example conversion, demo search, and writing a scored candidate version."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import dspy
 import pytest
-from dspy.utils import DummyLM
 
 from delegation.core.team import default_team
-from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature
+from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
+from delegation.deciders.endpoint import build_dspy_lm
 from delegation.deciders.policy import format_candidates
 from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.learning.optimizer import (
     OptimizationError,
     OptimizerConfig,
     compile_program,
+    draw_demos,
     optimize,
     relative_improvement,
     to_dspy_example,
 )
 from delegation.learning.registry import ArtifactRegistry
 from tests.support.factories import CUSTOM_TEAM, endpoint_for
+from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 TRAIN = [
     LabeledExample(id="t-1", title="Renew the office lease agreement", priority="high", label="legal-counsel"),
@@ -38,9 +39,29 @@ DEV = [
 ]
 
 
-def _always_right_lm(examples: list[LabeledExample]) -> DummyLM:
-    answers = {e.title: {"assignee_id": e.label, "confidence": 0.9, "reasoning": "scripted"} for e in examples}
-    return DummyLM(answers, adapter=dspy.JSONAdapter())
+def _scripted(examples: list[LabeledExample], wrong: dict[str, str] | None = None) -> ScriptedOpenAI:
+    """A server that answers each example's title with its label (or the ``wrong`` answer for its id)."""
+    by_title = {e.title: (wrong or {}).get(e.id, e.label) for e in examples}
+
+    def responder(body: dict) -> tuple[int, dict]:
+        text = last_user_text(body)
+        title = next(t for t in by_title if f"Title: {t}" in text)
+        return routing_answer(by_title[title], 0.9)
+
+    return ScriptedOpenAI(responder)
+
+
+def _optimize(server: ScriptedOpenAI, registry: ArtifactRegistry, config: OptimizerConfig, **kwargs: object):  # type: ignore[no-untyped-def]
+    endpoint = endpoint_for(server.base_url)
+    return optimize(
+        registry=registry,
+        lm=build_dspy_lm(endpoint),
+        endpoint=endpoint,
+        train=kwargs.pop("train", TRAIN),  # type: ignore[arg-type]
+        dev=kwargs.pop("dev", DEV),  # type: ignore[arg-type]
+        config=config,
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def _demo_titles(program: DelegationDecider) -> list[str]:
@@ -86,29 +107,60 @@ def test_relative_improvement_is_in_percent() -> None:
 
 
 def test_labeled_compile_keeps_max_demos_from_train() -> None:
-    lm = _always_right_lm(TRAIN)
-    program = compile_program(lm, "labeled", TRAIN, max_demos=3, seed=7)
+    program = compile_program(None, "labeled", TRAIN, max_demos=3, seed=7, adapter=LabelFirstAdapter())  # type: ignore[arg-type]
     assert isinstance(program, DelegationDecider)
     assert len(program.route.demos) == 3
     titles = _demo_titles(program)
-    assert len(set(titles)) == 3
-    assert set(titles) <= {e.title for e in TRAIN}
+    assert len(set(titles)) == 3 and set(titles) <= {e.title for e in TRAIN}
     by_title = {e.title: e.label for e in TRAIN}
     assert [d["assignee_id"] for d in program.route.demos] == [by_title[t] for t in titles]
-    assert lm.history == []  # labeled demos need no LM call
 
 
 def test_compile_with_the_same_seed_gives_the_same_demos() -> None:
-    lm = _always_right_lm(TRAIN)
-    first = compile_program(lm, "labeled", TRAIN, max_demos=3, seed=11)
-    again = compile_program(lm, "labeled", list(reversed(TRAIN)), max_demos=3, seed=11)  # input order does not matter
-    assert _demo_titles(first) == _demo_titles(again)
+    first = compile_program(None, "labeled", TRAIN, max_demos=3, seed=11, adapter=LabelFirstAdapter())  # type: ignore[arg-type]
+    again = compile_program(None, "labeled", list(reversed(TRAIN)), max_demos=3, seed=11, adapter=LabelFirstAdapter())  # type: ignore[arg-type]
     assert [d.toDict() for d in first.route.demos] == [d.toDict() for d in again.route.demos]
 
 
-def test_unknown_optimizer_is_refused() -> None:
-    with pytest.raises(OptimizationError, match="unknown optimizer"):
-        compile_program(_always_right_lm(TRAIN), "genetic", TRAIN, max_demos=3, seed=7)
+def test_unknown_optimizer_is_refused(tmp_path: Path) -> None:
+    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    with _scripted(TRAIN + DEV) as server, pytest.raises(OptimizationError, match="unknown optimizer"):
+        _optimize(server, registry, OptimizerConfig("genetic", max_demos=3, seed=7))
+    assert server.requests == [] and registry.versions() == []
+
+
+POOL = (
+    [
+        LabeledExample(id=f"p-{label}-{k}", title=f"{label} task {k}", label=label)
+        for label in (
+            "self",
+            "legal-counsel",
+            "finance-manager",
+            "backend-engineer",
+            "people-ops",
+            "product-designer",
+            "research-agent",
+            "it-ops-agent",
+        )
+        for k in range(4)
+    ]
+    + [LabeledExample(id=f"p-steer-{k}", title=f"steer {k}", label="self", steering=True) for k in range(4)]
+    + [
+        LabeledExample(id=f"p-custom-{k}", title=f"custom {k}", assignees=CUSTOM_TEAM, label="logistics")
+        for k in range(6)
+    ]
+)
+
+
+@pytest.mark.parametrize("count", [8, 16])
+def test_drawn_demos_cover_every_assignee_steering_and_custom_lists(count: int) -> None:
+    demos = draw_demos(POOL, count, seed=3)
+    assert len(demos) == len({d.id for d in demos}) == count
+    assert {d.label for d in demos if d.assignees is None} >= {a.id for a in default_team()}
+    if count > len(default_team()):  # past one demo per assignee, steering cases and custom lists come next
+        assert any(d.steering for d in demos) and any(d.assignees for d in demos)
+    assert draw_demos(list(reversed(POOL)), count, seed=3) == demos  # the same for the same set and seed
+    assert draw_demos(POOL, count, seed=4) != demos
 
 
 # ---- optimize -----------------------------------------------------------------------------------
@@ -116,90 +168,58 @@ def test_unknown_optimizer_is_refused() -> None:
 
 def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) -> None:
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
-    lm = _always_right_lm(TRAIN + DEV)
-
-    result = optimize(
-        registry=registry,
-        lm=lm,
-        endpoint=endpoint_for("http://127.0.0.1:9/v1"),
-        train=TRAIN,
-        dev=DEV,
-        config=OptimizerConfig("labeled", max_demos=2, seed=7),
-    )
-
-    # both programs were run on every dev example through the LM
-    assert len(lm.history) == 2 * len(DEV)
+    with _scripted(TRAIN + DEV) as server:
+        result = _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7))
+    assert len(server.requests) == 2 * len(DEV)  # both programs on every dev example
     assert result.base.n == result.optimized.n == len(DEV)
     assert result.base.program_version == "dspy-base"
-    assert result.base.accuracy == 1.0 and result.optimized.accuracy == 1.0
-    assert result.base.error_rate == 0.0
-    assert result.improvement == 0.0
+    assert result.base.accuracy == 1.0 and result.optimized.accuracy == 1.0 and result.improvement == 0.0
 
     manifest = result.manifest
-    assert manifest.version == 1
+    assert manifest.version == 1 and manifest.status == "candidate"
     assert manifest.base_dev_score == result.base.accuracy
     assert manifest.optimized_dev_score == result.optimized.accuracy
-    assert manifest.status == "candidate"
     assert manifest.train_size == len(TRAIN) and manifest.dev_size == len(DEV)
-    assert manifest.train_sha256 == dataset_sha256(TRAIN)
-    assert manifest.dev_sha256 == dataset_sha256(DEV)
+    assert manifest.train_sha256 == dataset_sha256(TRAIN) and manifest.dev_sha256 == dataset_sha256(DEV)
     assert manifest.optimizer == "labeled"
-    assert manifest.optimizer_params == {"max_demos": 2, "seed": 7, "demos": 2}
+    params = manifest.optimizer_params
+    assert (params["max_demos"], params["seed"], params["demos"]) == (2, 7, 2)
+    assert params["answer_format"] == "label-first (json_schema)"
+    assert params["dev_brier_raw"] == pytest.approx(0.01)  # every answer right at 0.9
+    assert manifest.calibration is None  # four dev answers cannot determine a calibration
     assert manifest.model == "scripted-model"
     assert manifest.signature_fields == list(DelegationSignature.fields)
     assert manifest.parent_version is None
 
-    assert result.path == registry.artifact_dir / "optimized_delegation_v1.json"
-    assert result.path.is_file()
+    assert result.path == registry.artifact_dir / "optimized_delegation_v1.json" and result.path.is_file()
     assert registry.manifest(1) == manifest
     loaded = registry.load(1)
-    assert loaded.version == "optimized_delegation_v1"
-    assert len(loaded.program.route.demos) == 2
+    assert loaded.version == "optimized_delegation_v1" and len(loaded.program.route.demos) == 2
     assert registry.champion() is None  # a candidate waits for review
 
 
-def test_optimize_records_base_and_optimized_scores_separately(tmp_path: Path) -> None:
+def test_demo_search_keeps_the_best_set_on_dev_and_records_what_it_tried(tmp_path: Path) -> None:
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
-    # One call at a time, dev in order: first the base module (right on 2 of 4), then the optimized one (4 of 4).
-    wrong = {"d-1": "self", "d-3": "research-agent"}
-    base_answers = [{"assignee_id": wrong.get(e.id, e.label), "confidence": 0.5, "reasoning": "base"} for e in DEV]
-    optimized_answers = [{"assignee_id": e.label, "confidence": 0.9, "reasoning": "optimized"} for e in DEV]
-    lm = DummyLM(base_answers + optimized_answers, adapter=dspy.JSONAdapter())
-
-    result = optimize(
-        registry=registry,
-        lm=lm,
-        endpoint=endpoint_for("http://127.0.0.1:9/v1"),
-        train=TRAIN,
-        dev=DEV,
-        config=OptimizerConfig("labeled", max_demos=3, seed=7),
-    )
-
-    assert result.base.accuracy == pytest.approx(0.5)
-    assert result.optimized.accuracy == pytest.approx(1.0)
-    assert result.improvement == pytest.approx(100.0)
-    assert result.manifest.base_dev_score == pytest.approx(0.5)
-    assert result.manifest.optimized_dev_score == pytest.approx(1.0)
-    assert result.manifest.optimizer_params["demos"] == 3
-    assert registry.manifest(1).base_dev_score == pytest.approx(0.5)
+    with _scripted(POOL + DEV, wrong={"d-1": "self"}) as server:
+        result = _optimize(
+            server, registry, OptimizerConfig("demo-search", max_demos=8, seed=7, sets_per_count=2), train=POOL
+        )
+    params = result.manifest.optimizer_params
+    assert [(t["demos"], t["seed"]) for t in params["tried"]] == [(8, 7), (8, 8)]
+    assert all(t["dev_score"] == pytest.approx(0.75) for t in params["tried"])
+    assert params["chosen_seed"] == 7 and params["demos"] == 8
+    assert len(server.requests) == 3 * len(DEV)  # base and two demo sets
+    demos = registry.load(1).program.route.demos
+    assert len(demos) == 8
 
 
 def test_optimize_records_the_champion_as_parent(tmp_path: Path) -> None:
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
-    common = {
-        "registry": registry,
-        "endpoint": endpoint_for("http://127.0.0.1:9/v1"),
-        "train": TRAIN,
-        "dev": DEV,
-        "config": OptimizerConfig("labeled", max_demos=2, seed=7),
-    }
-    optimize(lm=_always_right_lm(TRAIN + DEV), **common)  # type: ignore[arg-type]
-    registry.promote(1)
-
-    second = optimize(lm=_always_right_lm(TRAIN + DEV), **common)  # type: ignore[arg-type]
-
-    assert second.manifest.version == 2
-    assert second.manifest.parent_version == 1
+    with _scripted(TRAIN + DEV) as server:
+        _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7))
+        registry.promote(1)
+        second = _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7))
+    assert second.manifest.version == 2 and second.manifest.parent_version == 1
     assert registry.champion() == 1
 
 
@@ -208,35 +228,23 @@ def test_optimize_without_examples_writes_nothing(
     tmp_path: Path, train: list[LabeledExample], dev: list[LabeledExample]
 ) -> None:
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
-    lm = _always_right_lm(TRAIN + DEV)
-    with pytest.raises(OptimizationError, match="need train and dev examples"):
-        optimize(
-            registry=registry,
-            lm=lm,
-            endpoint=endpoint_for("http://127.0.0.1:9/v1"),
-            train=train,
-            dev=dev,
-            config=OptimizerConfig("labeled", max_demos=2, seed=7),
-        )
+    with _scripted(TRAIN + DEV) as server, pytest.raises(OptimizationError, match="need train and dev examples"):
+        _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7), train=train, dev=dev)
     assert registry.versions() == []
     assert not registry.artifact_dir.exists() or list(registry.artifact_dir.iterdir()) == []
-    assert lm.history == []
+    assert server.requests == []
 
 
 def test_a_folder_outside_the_registry_is_refused_before_any_llm_call(tmp_path: Path) -> None:
     from delegation.learning.registry import RegistryError
 
     registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
-    lm = _always_right_lm(TRAIN + DEV)
-    with pytest.raises(RegistryError, match="versions are written to"):
-        optimize(
-            registry=registry,
-            lm=lm,
-            endpoint=endpoint_for("http://127.0.0.1:9/v1"),
-            train=TRAIN,
-            dev=DEV,
-            config=OptimizerConfig("labeled", max_demos=2, seed=7),
+    with _scripted(TRAIN + DEV) as server, pytest.raises(RegistryError, match="versions are written to"):
+        _optimize(
+            server,
+            registry,
+            OptimizerConfig("labeled", max_demos=2, seed=7),
             artifact_directory=tmp_path / "elsewhere",
         )
-    assert lm.history == []
+    assert server.requests == []
     assert registry.versions() == [] and not (tmp_path / "elsewhere").exists()

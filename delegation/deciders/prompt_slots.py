@@ -1,0 +1,69 @@
+"""Which llama.cpp slot a request goes to, so that each fixed prompt prefix keeps a slot warm.
+
+The embedded server keeps one prompt per slot and reuses its longest common prefix. Two
+deciders with different prefixes on one slot would evict each other at every switch (a
+~2,000-token prefill, ~40 s on 2 cores), and a custom candidate list after a default-team
+request would pay for the list again. So each decider gets two slots: one for default-team
+requests, one for requests that bring their own list (the last list seen stays cached there,
+after the same shared prefix). Only for the embedded server: other endpoints cache prefixes
+on their own and may refuse the ``id_slot`` field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from delegation.core.models import Variant
+
+# default-team slot, custom-list slot, per decider
+SLOT_LAYOUT: dict[Variant, tuple[int, int]] = {"dspy": (0, 1), "instructor": (2, 3)}
+SLOTS_NEEDED = 1 + max(slot for pair in SLOT_LAYOUT.values() for slot in pair)
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """The slot for each decider's default-team and custom-list requests."""
+
+    layout: tuple[tuple[Variant, int, int], ...] = tuple((v, d, c) for v, (d, c) in SLOT_LAYOUT.items())
+
+    def slot_for(self, variant: Variant, custom_candidates: bool) -> int:
+        """The slot for a request of this decider, with or without its own candidate list."""
+        for name, default_slot, custom_slot in self.layout:
+            if name == variant:
+                return custom_slot if custom_candidates else default_slot
+        raise KeyError(f"no slot for decider {variant!r}")
+
+
+def slot_plan_for(embedded: bool, slots: int) -> SlotPlan | None:
+    """A plan when the endpoint is the embedded server with enough slots; None otherwise (no ``id_slot`` sent)."""
+    return SlotPlan() if embedded and slots >= SLOTS_NEEDED else None
+
+
+def prefix_key(model: str, messages: list[dict[str, str]]) -> str:
+    """A name for a fixed prompt prefix: its saved slot file is valid only for this model and these messages."""
+    digest = hashlib.sha256(json.dumps([model, messages], sort_keys=True).encode()).hexdigest()
+    return digest[:24]
+
+
+async def save_slot(base_url: str, slot: int, filename: str, timeout_s: float) -> bool:
+    """Ask the llama.cpp server to save a slot's prompt and KV cache; False when it cannot (logged by the caller)."""
+    return await _slot_action(base_url, slot, "save", filename, timeout_s)
+
+
+async def restore_slot(base_url: str, slot: int, filename: str, timeout_s: float) -> bool:
+    """Load a saved prompt into a slot; False when there is no such file or the server refuses it."""
+    return await _slot_action(base_url, slot, "restore", filename, timeout_s)
+
+
+async def _slot_action(base_url: str, slot: int, action: str, filename: str, timeout_s: float) -> bool:
+    import httpx
+
+    url = f"{base_url.removesuffix('/v1')}/slots/{slot}?action={action}"
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            response = await client.post(url, json={"filename": filename})
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
