@@ -37,13 +37,17 @@ from delegation.rollout.arm_metrics import percentile
 console = Console(width=160)
 
 
-class SlotCounting:
-    """Wraps a decider; after each decision reads the llama.cpp slot that served it (cached and new prompt tokens)."""
+class TokenCounting:
+    """Wraps a decider; reads the llama.cpp server's counters around each decision: new prompt tokens and generated.
 
-    def __init__(self, inner: Decider, slots_url: str | None) -> None:
+    The prompt tokens the server had to process (not served from its cache) are what a broken
+    prefix cache makes grow, so the benchmark prints them.
+    """
+
+    def __init__(self, inner: Decider, metrics_url: str | None, counts: dict[str, tuple[float, float]]) -> None:
         self.inner = inner
-        self.slots_url = slots_url
-        self.counts: dict[str, tuple[int, int]] = {}
+        self.metrics_url = metrics_url
+        self.counts = counts
 
     @property
     def program_version(self) -> str:
@@ -53,19 +57,30 @@ class SlotCounting:
     def model(self) -> str:
         return self.inner.model
 
+    def _read(self) -> tuple[float, float] | None:
+        if self.metrics_url is None:
+            return None
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            self.metrics_url = None  # not a llama.cpp server with metrics: no counts
+            return None
+        values = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total"):
+                values[name] = float(value)
+        if len(values) != 2:
+            return None
+        return values["llamacpp:prompt_tokens_total"], values["llamacpp:tokens_predicted_total"]
+
     async def decide(self, request: DelegationRequest) -> DeciderResult:
+        before = self._read()
         result = await self.inner.decide(request)
-        if self.slots_url is not None:
-            try:
-                with urllib.request.urlopen(self.slots_url, timeout=5) as response:
-                    slots = json.loads(response.read())
-                last = max(slots, key=lambda s: s.get("id_task", -1))
-                self.counts[request.task_id] = (
-                    int(last["n_prompt_tokens_cache"]),
-                    int(last["n_prompt_tokens_processed"]),
-                )
-            except (OSError, ValueError, KeyError):
-                self.slots_url = None  # not a llama.cpp server: no counts
+        after = self._read()
+        if before is not None and after is not None:
+            self.counts[request.task_id] = (after[0] - before[0], after[1] - before[1])
         return result
 
 
@@ -83,32 +98,39 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def _latencies(outcomes: list[Outcome], keep: set[str]) -> list[float]:
     return [o.latency_ms for o in outcomes if o.error is None and o.example_id in keep]
 
 
 def _seen_before_pass(
-    decider: SlotCounting, custom: list[LabeledExample]
-) -> tuple[list[float], list[float], list[int]]:
+    decider: TokenCounting, custom: list[LabeledExample]
+) -> tuple[list[float], list[float], list[float]]:
     """Each custom list's examples one after another: latency of the first (list new) and of the rest (list seen)."""
     import asyncio
 
     groups: dict[str, list[LabeledExample]] = defaultdict(list)
     for example in custom:
         groups[json.dumps([a.model_dump() for a in example.assignees or []])].append(example)
-    first, seen, seen_new_tokens = [], [], []
+    first: list[float] = []
+    seen: list[float] = []
+    seen_new_tokens: list[float] = []
 
     async def run() -> None:
         for examples in groups.values():
             for index, example in enumerate(examples):
                 request = example.to_request().model_copy(update={"task_id": f"seen-{example.id}"})
+                # (the request differs from the main pass's only in its id, which the prompt never shows)
                 try:
                     result = await decider.decide(request)
                 except Exception:  # counted as errors in the main pass already
                     continue
                 (seen if index else first).append(result.latency_ms)
                 if index and request.task_id in decider.counts:
-                    seen_new_tokens.append(decider.counts[request.task_id][1])
+                    seen_new_tokens.append(decider.counts[request.task_id][0])
 
     asyncio.run(run())
     return first, seen, seen_new_tokens
@@ -130,25 +152,33 @@ def main(
     outcomes: dict[str, list[Outcome]] = {}
     extra: dict[str, dict[str, Any]] = {}
     for label, variant, program in (("DSPy champion", "dspy", version), ("Instructor", "instructor", "-")):
-        inner = _decider(settings, variant, program)
-        endpoint_url = getattr(getattr(inner, "_endpoint", None), "base_url", "")
-        embedded = bool(getattr(getattr(inner, "_endpoint", None), "embedded", False))
-        decider = SlotCounting(inner, endpoint_url.removesuffix("/v1") + "/slots" if embedded else None)
+        counts: dict[str, tuple[float, float]] = {}
+
+        def fresh(variant: str = variant, program: str = program, counts: dict = counts) -> TokenCounting:
+            # A decider per pass: each pass runs in its own event loop, and a client's pooled
+            # connections belong to the loop that opened them.
+            inner = _decider(settings, variant, program)
+            endpoint = getattr(inner, "_endpoint", None)
+            embedded = bool(getattr(endpoint, "embedded", False))
+            url = str(getattr(endpoint, "base_url", "")).removesuffix("/v1") + "/metrics" if embedded else None
+            return TokenCounting(inner, url, counts)
+
         # Once through, so the timed pass starts from a warm prefix as a served worker does after its warm-up.
-        _run(decider, examples[:1], f"{label}: warming the prefix")
-        decider.counts.clear()
+        _run(fresh(), examples[:1], f"{label}: warming the prefix")
+        counts.clear()
+        decider = fresh()
         outcomes[label] = _run(decider, examples, f"{label} on {len(examples)} {split} examples")
         reports[label] = summarize(
             outcomes[label], variant=variant, program_version=decider.program_version, model=decider.model
         )
-        first, seen, seen_tokens = _seen_before_pass(decider, custom)
-        default_tokens = [decider.counts[f"example-{i}"] for i in default_ids if f"example-{i}" in decider.counts]
+        first, seen, seen_tokens = _seen_before_pass(fresh(), custom)
+        default_counts = [counts[f"example-{i}"] for i in default_ids if f"example-{i}" in counts]
         extra[label] = {
             "default": _latencies(outcomes[label], default_ids),
             "first": first,
             "seen": seen,
-            "new_tokens_default": statistics.median([n for _, n in default_tokens]) if default_tokens else None,
-            "cached_tokens_default": statistics.median([c for c, _ in default_tokens]) if default_tokens else None,
+            "new_tokens_default": statistics.median([n for n, _ in default_counts]) if default_counts else None,
+            "generated_default": statistics.median([g for _, g in default_counts]) if default_counts else None,
             "new_tokens_seen": statistics.median(seen_tokens) if seen_tokens else None,
             "sources": sorted({o.confidence_source or "-" for o in outcomes[label] if o.error is None}),
         }

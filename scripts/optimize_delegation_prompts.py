@@ -1,6 +1,6 @@
 """Optimize the DSPy delegation decider (same as `delegation optimize`).
 
-python scripts/optimize_delegation_prompts.py [--optimizer bootstrap] [--max-demos 8] [--seed 7]
+python scripts/optimize_delegation_prompts.py [--optimizer demo-search] [--max-demos 32] [--seed 7]
 """
 
 import typer

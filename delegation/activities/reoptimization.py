@@ -228,7 +228,7 @@ class ReoptimizationActivities:
         return self._challenger_result(result.manifest.version, reused=False)
 
     async def _scores(self, program: LoadedProgram, dev: list[LabeledExample], test: list[LabeledExample]) -> Scores:
-        decider = DSPyDecider(self._lm, self._endpoint, program)
+        decider = DSPyDecider(self._lm, self._endpoint.offline(), program)
         reports = []
         for examples in (dev, test):
             outcomes = await self._heartbeating(

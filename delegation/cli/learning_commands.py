@@ -124,7 +124,11 @@ def _decider(settings: Settings, variant: str, version: str) -> Decider:
             source = registry.load(number)
         except RegistryError as err:
             _fail(str(err))
-    return DSPyDecider(build_dspy_lm(endpoint), endpoint, source)
+        if version == "champion":
+            # The serving program: its slots are the ones a worker warms, so it measures what serves.
+            return DSPyDecider(build_dspy_lm(endpoint), endpoint, source)
+    # Any other program would evict the champion's warm prefix from the serving slots.
+    return DSPyDecider(build_dspy_lm(endpoint), endpoint.offline(), source)
 
 
 def _run(decider: Decider, examples: Sequence[LabeledExample], label: str) -> list[Outcome]:
@@ -288,7 +292,7 @@ def compare_command(
 
 def optimize_command(
     optimizer: Annotated[
-        str, typer.Option(help="bootstrap, labeled, random-search or mipro.")
+        str, typer.Option(help="demo-search (default), labeled, bootstrap, random-search or mipro.")
     ] = DEFAULT_OPTIMIZER_CONFIG.optimizer,
     max_demos: Annotated[
         int, typer.Option(help="Most demos in the compiled prompt.")

@@ -62,9 +62,10 @@ class Settings(BaseSettings):
     local_llm_threads: int = Field(default=2, ge=1, le=256, alias="LOCAL_LLM_THREADS")
     # Context per slot: the longest fixed prefix (~4,500 tokens with 32 demos) plus a list and a task.
     local_llm_ctx: int = Field(default=8192, ge=512, alias="LOCAL_LLM_CTX")
-    # Slots, each keeping one prompt cached: two per decider (default team, custom lists), see
-    # delegation.deciders.prompt_slots. Not parallelism: the embedded server decides one at a time.
-    local_llm_parallel: int = Field(default=4, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
+    # Slots, each keeping one prompt cached: two per decider (default team, custom lists) and one
+    # for optimization runs, see delegation.deciders.prompt_slots. Not parallelism: the embedded
+    # server decides one request at a time.
+    local_llm_parallel: int = Field(default=5, ge=1, le=16, alias="LOCAL_LLM_PARALLEL")
 
     dspy_program_path: Path | None = Field(default=None, alias="DSPY_PROGRAM_PATH")
     artifact_dir_override: Path | None = Field(default=None, alias="ARTIFACT_DIR")

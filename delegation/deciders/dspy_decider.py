@@ -23,8 +23,9 @@ from delegation.deciders.label_first import (
     ParsedAnswer,
     decision_from_answer,
     logprob_text,
+    model_task,
 )
-from delegation.deciders.policy import format_candidates, format_task
+from delegation.deciders.policy import format_candidates
 
 if TYPE_CHECKING:
     import dspy
@@ -172,7 +173,7 @@ class DSPyDecider:
             with dspy.context(lm=self._lm, adapter=adapter):
                 prediction = await loaded.program.acall(
                     candidates=format_candidates(candidates),
-                    task=format_task(request.title, request.description, request.priority),
+                    task=model_task(candidates, request.title, request.description, request.priority),
                     candidate_ids=ids,
                 )
         except AdapterParseError as err:

@@ -48,6 +48,10 @@ class LLMEndpoint:
     def provider(self) -> str:
         return "embedded" if self.embedded else ("openai" if self.base_url == OPENAI_BASE_URL else "custom")
 
+    def offline(self) -> LLMEndpoint:
+        """This endpoint for optimization and evaluation runs: on the embedded server, the offline slot."""
+        return self if self.slot_plan is None else replace(self, slot_plan=SlotPlan(offline=True))
+
     def redact(self, text: str) -> str:
         """Remove the API key from a text (an error message, say) before it is logged or stored."""
         secret = self.api_key.get_secret_value()

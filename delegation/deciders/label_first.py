@@ -22,6 +22,7 @@ from delegation.core.team import default_team
 from delegation.deciders.calibration import Calibration
 from delegation.deciders.errors import InvalidDecisionError
 from delegation.deciders.policy import confidence_as_fraction, format_candidates, format_task
+from delegation.deciders.steering import without_steering
 
 AnswerConstraint = Literal["grammar", "json_schema"]
 ANSWER_CONSTRAINTS: tuple[AnswerConstraint, ...] = ("grammar", "json_schema")
@@ -64,8 +65,17 @@ def user_turn(candidates_text: str, task_text: str) -> str:
 
 
 def request_turn(candidates: Sequence[Assignee], title: str, description: str, priority: str) -> str:
-    """``user_turn`` for a request's candidates and task fields."""
-    return user_turn(format_candidates(candidates), format_task(title, description, priority))
+    """``user_turn`` for a request's candidates and task fields (routing instructions taken out: ``model_task``)."""
+    return user_turn(format_candidates(candidates), model_task(candidates, title, description, priority))
+
+
+def model_task(candidates: Sequence[Assignee], title: str, description: str, priority: str) -> str:
+    """The fenced task as the model reads it: sentences that try to steer the routing are left out.
+
+    The record keeps the request as sent; ``steering_detected`` on the decision says what was found.
+    """
+    ids = [c.id for c in candidates]
+    return format_task(without_steering(title, ids), without_steering(description, ids), priority)
 
 
 def chat_messages(system: str, demos: Sequence[tuple[str, str]], final_user: str) -> list[dict[str, str]]:

@@ -19,17 +19,23 @@ from delegation.core.models import Variant
 
 # default-team slot, custom-list slot, per decider
 SLOT_LAYOUT: dict[Variant, tuple[int, int]] = {"dspy": (0, 1), "instructor": (2, 3)}
-SLOTS_NEEDED = 1 + max(slot for pair in SLOT_LAYOUT.values() for slot in pair)
+# Optimization and evaluation runs try other programs: they get a slot of their own, so the
+# serving prefixes stay warm through a monthly re-optimization.
+OFFLINE_SLOT = 1 + max(slot for pair in SLOT_LAYOUT.values() for slot in pair)
+SLOTS_NEEDED = OFFLINE_SLOT + 1
 
 
 @dataclass(frozen=True)
 class SlotPlan:
-    """The slot for each decider's default-team and custom-list requests."""
+    """The slot for each decider's default-team and custom-list requests (or the offline slot for all)."""
 
     layout: tuple[tuple[Variant, int, int], ...] = tuple((v, d, c) for v, (d, c) in SLOT_LAYOUT.items())
+    offline: bool = False
 
     def slot_for(self, variant: Variant, custom_candidates: bool) -> int:
         """The slot for a request of this decider, with or without its own candidate list."""
+        if self.offline:
+            return OFFLINE_SLOT
         for name, default_slot, custom_slot in self.layout:
             if name == variant:
                 return custom_slot if custom_candidates else default_slot

@@ -67,3 +67,21 @@ def detect_steering(text: str, candidate_ids: Iterable[str]) -> list[str]:
         if named.search(text):
             hits.add("names_candidate")
     return sorted(hits)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def without_steering(text: str, candidate_ids: Iterable[str]) -> str:
+    """``text`` without its sentences that hold a routing instruction: what the model reads.
+
+    Defense in depth, after the fence and the demos: the decision is the one the policy gives
+    the task without those sentences. A text that is nothing but such sentences stays as it is
+    (the fence and the policy still apply), so a request never reaches the model empty.
+    """
+    ids = list(candidate_ids)
+    sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+    kept = [s for s in sentences if not detect_steering(s, ids)]
+    if len(kept) == len(sentences) or not kept:
+        return text
+    return " ".join(kept)

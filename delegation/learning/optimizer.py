@@ -226,7 +226,7 @@ def evaluate_program(
     label: str = "evaluating",
 ) -> tuple[EvaluationReport, list[Outcome]]:
     """Run the program through the serving decider (same prompt, schema and validation)."""
-    decider = DSPyDecider(lm, endpoint, LoadedProgram(program, version))
+    decider = DSPyDecider(lm, endpoint.offline(), LoadedProgram(program, version))
     if progress is not None:
         progress.phase(label, total=len(examples))
     on_done = (lambda _: progress.advance()) if progress is not None else None

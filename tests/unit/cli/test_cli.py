@@ -36,6 +36,27 @@ def _by_title(body: dict) -> tuple[int, dict]:
     return routing_answer("self", 0.5)
 
 
+def test_evaluate_writes_a_reliability_diagram_and_refuses_another_suffix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = _dataset(tmp_path, EXAMPLES)
+    with ScriptedOpenAI(_by_title) as server:
+        monkeypatch.setenv("LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("LLM_MODEL", "scripted-model")
+        plot = tmp_path / "reliability.png"
+        result = runner.invoke(
+            app, ["evaluate", "--dataset", str(dataset), "--variant", "instructor", "--plot", str(plot)]
+        )
+        assert result.exit_code == 0, result.output
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "expected calibration error" in result.output
+        refused = runner.invoke(
+            app, ["evaluate", "--dataset", str(dataset), "--variant", "instructor", "--plot", str(tmp_path / "r.svg")]
+        )
+        assert refused.exit_code == 2 and "must end in .png" in refused.output
+        assert len(server.requests) == len(EXAMPLES)  # the refused run made no call
+
+
 def test_data_check_passes_the_bundled_set_and_names_bad_lines(tmp_path: Path) -> None:
     ok = runner.invoke(app, ["data", "check"])
     assert ok.exit_code == 0, ok.output

@@ -81,5 +81,7 @@ def test_the_embedded_server_gets_a_slot_per_decider_and_kind_of_request() -> No
     assert plan is not None
     slots = {(v, c): plan.slot_for(v, c) for v in ("dspy", "instructor") for c in (False, True)}  # type: ignore[arg-type]
     assert sorted(slots.values()) == [0, 1, 2, 3]
-    assert resolve_endpoint(_settings(LOCAL_LLM_PARALLEL=2)).slot_plan is None  # too few slots: none pinned
+    offline = resolve_endpoint(_settings()).offline().slot_plan
+    assert offline is not None and offline.slot_for("dspy", False) == offline.slot_for("instructor", True) == 4
+    assert resolve_endpoint(_settings(LOCAL_LLM_PARALLEL=4)).slot_plan is None  # too few slots: none pinned
     assert resolve_endpoint(_settings(LLM_BASE_URL="http://127.0.0.1:9/v1")).slot_plan is None

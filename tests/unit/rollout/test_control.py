@@ -353,7 +353,7 @@ def test_rollout_status_json_shows_flags_champion_live_split_and_guardrail(monke
     }
     assert status["flags_file"] == str(settings.flags_file)
     assert status["flags_error"] is None
-    assert status["champion_version"] == 1
+    assert status["champion_version"] == 2
     assert status["live_split"] == {
         "decisions": 10,
         "dspy": 4,
@@ -386,7 +386,7 @@ def test_rollout_status_without_decisions_or_changes() -> None:
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["flags"] == DEFAULT_FLAGS
-    assert status["champion_version"] == 1
+    assert status["champion_version"] == 2
     assert status["live_split"] == {"decisions": 0, "dspy": 0, "dspy_share": None, "expected_share": None}
     assert status["guardrail"]["now"]["tripped"] is False and status["guardrail"]["now"]["decisions"] == 0
     assert status["recent_changes"] == []
