@@ -216,15 +216,11 @@ def main(
     row("p50, custom list first seen", lambda k: _s(percentile(extra[k]["first"], 0.5)), "report")
     row("p95, all requests", lambda k: _s(reports[k].p95_latency_ms), "report")
     row(
-        "prompt tokens per default-team request: cached / new (median)",
-        lambda k: f"{extra[k]['cached_tokens_default'] or '-'} / {extra[k]['new_tokens_default'] or '-'}",
+        "default team: new prompt tokens / generated tokens (median)",
+        lambda k: f"{_count(extra[k]['new_tokens_default'])} / {_count(extra[k]['generated_default'])}",
         "report",
     )
-    row(
-        "new prompt tokens, custom list seen before (median)",
-        lambda k: f"{extra[k]['new_tokens_seen'] or '-'}",
-        "report",
-    )
+    row("custom list seen before: new prompt tokens (median)", lambda k: _count(extra[k]["new_tokens_seen"]), "report")
     console.print(table)
 
     base_decider = _decider(settings, "dspy", "base")
