@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -62,7 +63,8 @@ def start_server(settings: Settings, path: Path) -> object:
     # Warm prefixes saved here survive a restart (POST /slots/{id}?action=save|restore).
     slot_dir = slot_save_dir(settings)
     slot_dir.mkdir(parents=True, exist_ok=True)
-    params.slot_save_path = str(slot_dir)
+    # llama.cpp joins this and the file name by concatenation: the separator must be ours.
+    params.slot_save_path = f"{slot_dir}{os.sep}"
     server = xllamacpp.Server(params)
     logger.info("embedded LLM {} serving {} at {}", EMBEDDED_MODEL_NAME, path.name, server.listening_address)
     return server
