@@ -57,3 +57,23 @@ async def test_decision_on_the_embedded_model(
     expected_version = "optimized_delegation_v2" if variant == "dspy" else "instructor-v2"
     assert record.program_version == expected_version
     assert count_decisions(deps.store, record.workflow_id) == 1
+
+
+async def test_a_warm_slot_is_saved_under_the_data_folder_and_restored(embedded_endpoint: LLMEndpoint) -> None:
+    from delegation.core.settings import PROJECT_ROOT
+    from delegation.deciders.endpoint import build_async_openai
+    from delegation.deciders.instructor_decider import InstructorDecider
+    from delegation.deciders.prompt_slots import OFFLINE_SLOT, restore_slot, save_slot
+
+    endpoint = embedded_endpoint.offline()  # the offline slot: the other tests' serving slots stay as they are
+    decider = InstructorDecider(build_async_openai(endpoint), endpoint)
+    await decider.decide(DelegationRequest(task_id="e2e-slot", title=OUTAGE))
+    filename = f"e2e-{uuid.uuid4().hex[:8]}.bin"
+    saved = PROJECT_ROOT / "data" / "llm_slots" / filename
+    try:
+        assert await save_slot(endpoint.base_url, OFFLINE_SLOT, filename, 60)
+        assert saved.is_file() and saved.stat().st_size > 0  # in the folder, not beside it
+        assert await restore_slot(endpoint.base_url, OFFLINE_SLOT, filename, 60)
+        assert not await restore_slot(endpoint.base_url, OFFLINE_SLOT, "missing.bin", 60)
+    finally:
+        saved.unlink(missing_ok=True)
