@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from delegation.cli.learning_commands import _decider, _ensure_endpoint, _load, _run
+from delegation.cli.report_view import _num
 from delegation.core.activity_io import DeciderResult
 from delegation.core.models import DelegationRequest
 from delegation.core.settings import get_settings
@@ -92,10 +93,6 @@ def _pct(value: float | None, n: int | None = None) -> str:
 
 def _s(ms: float | None) -> str:
     return "-" if ms is None else f"{ms / 1000:.2f} s"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _count(value: float | None) -> str:

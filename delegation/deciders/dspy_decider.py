@@ -130,11 +130,6 @@ class DSPyDecider:
         return self._lm
 
     @property
-    def adapter(self) -> LabelFirstAdapter:
-        """The adapter requests are formatted with (the prompt prefix depends on it)."""
-        return self._adapter
-
-    @property
     def program_version(self) -> str:
         return self._source.current.version
 
@@ -168,11 +163,12 @@ class DSPyDecider:
         import dspy
 
         ids = [c.id for c in candidates]
+        candidates_text = format_candidates(candidates)
         adapter = self._adapter
         try:
             with dspy.context(lm=self._lm, adapter=adapter):
                 prediction = await loaded.program.acall(
-                    candidates=format_candidates(candidates),
+                    candidates=candidates_text,
                     task=model_task(candidates, request.title, request.description, request.priority),
                     candidate_ids=ids,
                 )
@@ -182,7 +178,7 @@ class DSPyDecider:
             raise llm_call_error(err, self._endpoint.redact) from None
         logprobs = prediction.get("logprobs")
         text = logprob_text(logprobs)
-        spec = adapter.spec(ids)
+        spec = adapter.spec(ids, candidates_text)
         if text is not None:
             try:
                 return spec.parse(text), logprobs

@@ -17,7 +17,6 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
-from delegation.core.team import default_team
 from delegation.deciders.label_first import (
     ID_KEY,
     REASON_SEPARATOR,
@@ -25,12 +24,11 @@ from delegation.deciders.label_first import (
     AnswerParseError,
     AnswerSpec,
     chat_messages,
+    is_default_team_text,
     system_text,
     user_turn,
 )
 from delegation.deciders.policy import POLICY
-
-DEFAULT_TEAM_IDS = [a.id for a in default_team()]
 
 
 class _DelegationFields(dspy.Signature):
@@ -67,11 +65,11 @@ class LabelFirstAdapter(dspy.Adapter):
         # (default-team slot, custom-list slot) on the embedded server, else None.
         self.slots = slots
 
-    def spec(self, candidate_ids: Sequence[str]) -> AnswerSpec:
-        """The answer format of one request under this adapter."""
+    def spec(self, candidate_ids: Sequence[str], candidates_text: str) -> AnswerSpec:
+        """The answer format of one request under this adapter (its slot follows the list the prompt shows)."""
         slot = None
         if self.slots is not None:
-            slot = self.slots[0] if list(candidate_ids) == DEFAULT_TEAM_IDS else self.slots[1]
+            slot = self.slots[0] if is_default_team_text(candidates_text) else self.slots[1]
         return AnswerSpec(
             self.constraint,
             tuple(candidate_ids),
@@ -149,15 +147,16 @@ class DelegationDecider(dspy.Module):
         self.route = dspy.Predict(DelegationSignature)
 
     def forward(self, candidates: str, task: str, candidate_ids: Sequence[str]) -> Any:
-        return self.route(candidates=candidates, task=task, config=request_config(candidate_ids))
+        return self.route(candidates=candidates, task=task, config=request_config(candidate_ids, candidates))
 
     async def aforward(self, candidates: str, task: str, candidate_ids: Sequence[str]) -> Any:
-        return await self.route.acall(candidates=candidates, task=task, config=request_config(candidate_ids))
+        config = request_config(candidate_ids, candidates)
+        return await self.route.acall(candidates=candidates, task=task, config=config)
 
 
-def request_config(candidate_ids: Sequence[str]) -> dict[str, Any]:
-    """The LM parameters (grammar or schema, logprobs, max tokens) of the adapter in ``dspy.context``."""
+def request_config(candidate_ids: Sequence[str], candidates_text: str) -> dict[str, Any]:
+    """The LM parameters (grammar or schema, logprobs, max tokens, slot) of the adapter in ``dspy.context``."""
     adapter = dspy.settings.adapter
     if not isinstance(adapter, LabelFirstAdapter):
         adapter = LabelFirstAdapter()
-    return adapter.spec(candidate_ids).request_params()
+    return adapter.spec(candidate_ids, candidates_text).request_params()

@@ -22,15 +22,17 @@ from delegation.core.team import candidates_for, default_team
 from delegation.deciders.errors import DeciderError, InvalidDecisionError, llm_call_error
 from delegation.deciders.label_first import (
     GENERATED_REASON_CHARS,
+    ID_KEY,
     AnswerParseError,
     AnswerSpec,
     ParsedAnswer,
     chat_messages,
     decision_from_answer,
+    is_default_team_text,
     request_turn,
     system_text,
 )
-from delegation.deciders.policy import POLICY, format_task
+from delegation.deciders.policy import POLICY, format_candidates, format_task
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -88,22 +90,18 @@ def route_model_for(
     return create_model("RouteAnswer", __base__=RouteAnswer, **fields)
 
 
-def is_default_team(candidates: Sequence[Assignee]) -> bool:
-    return tuple(candidates) == default_team()
-
-
-def _examples(json_answers: bool) -> list[tuple[str, str]]:
-    turns = []
-    for title, description, label in HANDWRITTEN_EXAMPLES:
-        answer = json.dumps({"assignee_id": label})
-        turns.append((format_task(title, description, "normal"), answer if json_answers else label))
-    return turns
+def _examples() -> list[tuple[str, str]]:
+    """The hand-written examples as chat turns, answered in the decider's one-key JSON."""
+    return [
+        (format_task(title, description, "normal"), json.dumps({ID_KEY: label}))
+        for title, description, label in HANDWRITTEN_EXAMPLES
+    ]
 
 
 def build_messages(request: DelegationRequest, candidates: Sequence[Assignee]) -> list[dict[str, str]]:
     """Policy and default team, the hand-written examples, then the request: the fixed part first (prompt cache)."""
     final = request_turn(candidates, request.title, request.description, request.priority)
-    return chat_messages(system_text(POLICY), _examples(json_answers=True), final)
+    return chat_messages(system_text(POLICY), _examples(), final)
 
 
 class InstructorDecider:
@@ -148,7 +146,8 @@ class InstructorDecider:
     async def _ask(self, request: DelegationRequest, candidates: Sequence[Assignee]) -> tuple[ParsedAnswer, Any]:
         ids = tuple(c.id for c in candidates)
         plan = self._endpoint.slot_plan
-        slot = None if plan is None else plan.slot_for("instructor", not is_default_team(candidates))
+        custom_list = not is_default_team_text(format_candidates(candidates))
+        slot = None if plan is None else plan.slot_for("instructor", custom_list)
         spec = AnswerSpec(
             "json_schema",
             ids,

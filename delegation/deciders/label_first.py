@@ -224,11 +224,15 @@ def _token_entries(logprobs: Any) -> list[Mapping[str, Any]] | None:
     content = logprobs.get("content") if isinstance(logprobs, Mapping) else getattr(logprobs, "content", None)
     if not content:
         return None
-    entries: list[Mapping[str, Any]] = []
-    for item in content:
-        entry = item if isinstance(item, Mapping) else item.model_dump() if hasattr(item, "model_dump") else vars(item)
-        entries.append(entry)
-    return entries
+    return [_as_mapping(item) for item in content]
+
+
+def _as_mapping(item: Any) -> Mapping[str, Any]:
+    """A log-probability entry as a mapping, whether the client gave a dict or an SDK object."""
+    if isinstance(item, Mapping):
+        return item
+    converted: Mapping[str, Any] = item.model_dump() if hasattr(item, "model_dump") else vars(item)
+    return converted
 
 
 def candidate_probability(logprobs: Any, answer: ParsedAnswer, candidate_ids: Sequence[str]) -> float | None:
@@ -283,10 +287,7 @@ def candidate_probability(logprobs: Any, answer: ParsedAnswer, candidate_ids: Se
 
 
 def _alts(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    alternatives = entry.get("top_logprobs") or []
-    return [
-        a if isinstance(a, Mapping) else a.model_dump() if hasattr(a, "model_dump") else vars(a) for a in alternatives
-    ]
+    return [_as_mapping(a) for a in entry.get("top_logprobs") or []]
 
 
 def logprob_text(logprobs: Any) -> str | None:

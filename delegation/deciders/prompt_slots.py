@@ -27,19 +27,16 @@ SLOTS_NEEDED = OFFLINE_SLOT + 1
 
 @dataclass(frozen=True)
 class SlotPlan:
-    """The slot for each decider's default-team and custom-list requests (or the offline slot for all)."""
+    """The slot for each decider's requests (``SLOT_LAYOUT``), or the offline slot for all of them."""
 
-    layout: tuple[tuple[Variant, int, int], ...] = tuple((v, d, c) for v, (d, c) in SLOT_LAYOUT.items())
     offline: bool = False
 
     def slot_for(self, variant: Variant, custom_candidates: bool) -> int:
         """The slot for a request of this decider, with or without its own candidate list."""
         if self.offline:
             return OFFLINE_SLOT
-        for name, default_slot, custom_slot in self.layout:
-            if name == variant:
-                return custom_slot if custom_candidates else default_slot
-        raise KeyError(f"no slot for decider {variant!r}")
+        default_slot, custom_slot = SLOT_LAYOUT[variant]
+        return custom_slot if custom_candidates else default_slot
 
 
 def slot_plan_for(embedded: bool, slots: int) -> SlotPlan | None:

@@ -107,22 +107,13 @@ class ScriptedOpenAI:
                 length = int(self.headers.get("content-length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 outer.paths.append(self.path)
-                if not self.path.endswith("/chat/completions"):
+                if self.path.endswith("/chat/completions"):
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    status, payload = outer.responder(body)
+                else:
                     # Not a completion (e.g. llama.cpp's /slots actions): recorded by path only.
                     status, payload = 404, {"error": {"message": f"no route {self.path}"}}
-                    data = json.dumps(payload).encode()
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
-                outer.requests.append(body)
-                outer.headers.append(dict(self.headers))
-                if not self.path.endswith("/chat/completions"):
-                    status, payload = 404, {"error": {"message": f"no route {self.path}"}}
-                else:
-                    status, payload = outer.responder(body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -8,22 +8,14 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from delegation.activities.deciders import as_application_error
+from delegation.core.team import default_team
 from delegation.deciders.endpoint import build_async_openai
 from delegation.deciders.instructor_decider import HANDWRITTEN_EXAMPLES, MAX_REASKS, InstructorDecider
 from delegation.deciders.policy import POLICY
 from tests.support.factories import CUSTOM_TEAM, TEST_API_KEY, endpoint_for, request
 from tests.support.scripted_openai import ScriptedOpenAI, error, last_user_text, routing_answer
 
-DEFAULT_IDS = {
-    "self",
-    "backend-engineer",
-    "product-designer",
-    "finance-manager",
-    "legal-counsel",
-    "people-ops",
-    "research-agent",
-    "it-ops-agent",
-}
+DEFAULT_IDS = {a.id for a in default_team()}
 
 
 def _decider(server: ScriptedOpenAI, **endpoint: object) -> InstructorDecider:
