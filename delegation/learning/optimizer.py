@@ -24,6 +24,7 @@ from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, 
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
 from delegation.deciders.endpoint import LLMEndpoint
 from delegation.deciders.policy import format_candidates, format_task
+from delegation.deciders.prompt_slots import OFFLINE_SLOT
 from delegation.learning.calibration import brier_score, expected_calibration_error, fit_platt
 from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.learning.evaluation import (
@@ -39,6 +40,8 @@ OPTIMIZERS = ("demo-search", "labeled", "bootstrap", "random-search", "mipro")
 # The demo counts the search tries (at most ``max_demos``): more demos help a small model until
 # the longer prefix costs more per new token than they win.
 DEMO_COUNTS = (8, 16, 24, 32)
+# DSPy optimizers that score candidate programs on a validation set.
+SEARCHING_OPTIMIZERS = ("random-search", "mipro")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,11 @@ def draw_demos(train: Sequence[LabeledExample], count: int, seed: int) -> list[L
     return chosen
 
 
+def offline_slots(endpoint: LLMEndpoint) -> tuple[int, int] | None:
+    """The adapter's slots for a compile run: the offline slot on the embedded server, so serving prefixes stay warm."""
+    return None if endpoint.slot_plan is None else (OFFLINE_SLOT, OFFLINE_SLOT)
+
+
 def program_with_demos(demos: Sequence[LabeledExample]) -> DelegationDecider:
     """The module with these examples as its demos (inputs as the serving path sends them, the label as answer)."""
     program = DelegationDecider()
@@ -165,14 +173,31 @@ def program_with_demos(demos: Sequence[LabeledExample]) -> DelegationDecider:
 
 
 def compile_program(
-    lm: dspy.LM, optimizer: str, train: Sequence[LabeledExample], *, max_demos: int, seed: int, adapter: Any
+    lm: dspy.LM,
+    optimizer: str,
+    train: Sequence[LabeledExample],
+    *,
+    max_demos: int,
+    seed: int,
+    adapter: Any,
+    dev: Sequence[LabeledExample] = (),
 ) -> DelegationDecider:
-    """Compile with one of DSPy's optimizers on the train examples (shuffled by ``seed``)."""
+    """Compile with one of DSPy's optimizers on the train examples (shuffled by ``seed``).
+
+    The searching optimizers (``random-search``, ``mipro``) score their candidates on ``dev``, as
+    ``demo-search`` does; by default they would score on the train set, twice its size and the
+    demos' own source.
+    """
     trainset = [to_dspy_example(e) for e in sorted(train, key=lambda e: e.id)]
     random.Random(seed).shuffle(trainset)
     compiler = build_optimizer(optimizer, max_demos, seed)
+    extra: dict[str, Any] = {}
+    if optimizer in SEARCHING_OPTIMIZERS and dev:
+        extra["valset"] = [to_dspy_example(e) for e in sorted(dev, key=lambda e: e.id)]
+    if optimizer == "mipro":
+        extra["requires_permission_to_run"] = False
     with dspy.context(lm=lm, adapter=adapter):
-        compiled: DelegationDecider = compiler.compile(DelegationDecider(), trainset=trainset)
+        compiled: DelegationDecider = compiler.compile(DelegationDecider(), trainset=trainset, **extra)
     return compiled
 
 
@@ -276,8 +301,8 @@ def optimize(
     else:
         if progress is not None:
             progress.phase(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples")
-        adapter = LabelFirstAdapter(endpoint.answer_constraint)
-        program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed, adapter=adapter)
+        adapter = LabelFirstAdapter(endpoint.answer_constraint, slots=offline_slots(endpoint))
+        program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed, adapter=adapter, dev=dev)
         optimized, outcomes = evaluate_program(
             program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
         )
