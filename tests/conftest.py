@@ -58,3 +58,40 @@ async def temporal_env():  # type: ignore[no-untyped-def]
         yield env
     finally:
         await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """A real PostgreSQL server: ``TEST_DATABASE_URL``, else one this session starts (never a skip)."""
+    from tests.support.postgres import postgres_url, wait_until_accepting
+
+    with postgres_url() as url:
+        wait_until_accepting(url)
+        yield url
+
+
+@pytest.fixture
+def postgres_database(postgres_server_url: str) -> Iterator[object]:
+    """A PostgreSQL database of this test's own: a fresh schema, dropped afterwards."""
+    import uuid
+
+    from delegation.store.database import PostgresDatabase
+    from tests.support.postgres import drop_schema
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    database = PostgresDatabase(postgres_server_url, schema=schema)
+    try:
+        yield database
+    finally:
+        database.close()
+        drop_schema(postgres_server_url, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> object:
+    """The store's database, once per backend: the embedded SQLite file and a real PostgreSQL."""
+    from delegation.store.database import SQLiteDatabase
+
+    if request.param == "sqlite":
+        return SQLiteDatabase(tmp_path / "db" / "decisions.sqlite3")
+    return request.getfixturevalue("postgres_database")

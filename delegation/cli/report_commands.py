@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -102,17 +101,18 @@ def report_command(
             f"the chart is a PNG: the path must end in .png, not {plot.name!r}", param_hint="'--plot'"
         )
     settings = get_settings()
-    db_path = settings.decision_db_path
     decisions = []
-    if db_path.exists():  # never create an empty store just to report on it
+    # Never create an empty SQLite store just to report on it.
+    if settings.database_url is not None or settings.decision_db_path.exists():
+        from delegation.store.database import DatabaseError, database_for
         from delegation.store.decisions import DecisionStore
 
         try:
-            decisions = DecisionStore(db_path, settings.decision_log_path).decisions(since=start, until=now)
-        except (sqlite3.Error, OSError, ValueError) as err:
-            err_console.print(
-                f"[bold red]error:[/] the decision store {db_path} cannot be read: {type(err).__name__}: {err}"
+            decisions = DecisionStore(database_for(settings), settings.decision_log_path).decisions(
+                since=start, until=now
             )
+        except (DatabaseError, OSError, ValueError) as err:
+            err_console.print(f"[bold red]error:[/] the decision store cannot be read: {type(err).__name__}: {err}")
             raise typer.Exit(1) from None
     optimization, note = _optimization_scores(settings)
     report = build_report(
@@ -124,7 +124,11 @@ def report_command(
         current_flags=_current_flags(),
     )
     if report.decisions == 0:
-        console.print(f"decision store: {db_path}" + ("" if db_path.exists() else " (does not exist yet)"))
+        if settings.database_url is not None:
+            console.print("decision store: DATABASE_URL")
+        else:
+            db_path = settings.decision_db_path
+            console.print(f"decision store: {db_path}" + ("" if db_path.exists() else " (does not exist yet)"))
     render_report(report, console)
     if plot is not None:
         if report.decisions == 0:

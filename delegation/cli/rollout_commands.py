@@ -74,6 +74,7 @@ def rollout_rollback(
 def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
     """The flags in force, the champion version, the live split, the guardrail and recent changes."""
     from delegation.learning.registry import ArtifactRegistry, RegistryError
+    from delegation.store.database import database_for
     from delegation.store.decisions import DecisionStore
 
     settings = get_settings()
@@ -84,7 +85,7 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
         champion: int | str | None = ArtifactRegistry(settings.artifact_dir).champion()
     except (RegistryError, OSError, ValueError) as err:
         champion = f"unreadable ({err})"
-    store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
+    store = DecisionStore(database_for(settings), settings.decision_log_path)
     recent = store.recent_decisions(LIVE_SPLIT_WINDOW)
     on_dspy = sum(r.assigned_variant == "dspy" for r in recent)
     expected = sum(r.rollout_percentage for r in recent) / len(recent) if recent else None

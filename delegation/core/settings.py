@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_ROOT / "data", alias="DATA_DIR")
     log_dir: Path = Field(default=PROJECT_ROOT / "logs", alias="LOG_DIR")
 
+    # postgresql://… puts everything the service keeps in PostgreSQL (several worker hosts);
+    # unset, the embedded default is a SQLite file under DATA_DIR. A secret: it may hold a password.
+    database_url: SecretStr | None = Field(default=None, alias="DATABASE_URL")
+
     temporal_address: str = Field(default="localhost:7233", alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
     task_queue: str = Field(default=DEFAULT_TASK_QUEUE, alias="TEMPORAL_TASK_QUEUE")

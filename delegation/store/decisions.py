@@ -1,4 +1,4 @@
-"""Where decisions go: a SQLite row per workflow run, and one TRAINING_DATA JSON line per decision.
+"""Where decisions go: a row per workflow run in the store's database, and one TRAINING_DATA JSON line per decision.
 
 Activities run at least once, so ``record`` is idempotent: the row is keyed by
 (workflow_id, run_id) and the log line is written only while the row says it has not been.
@@ -9,61 +9,17 @@ commit repeats it on retry), so readers of the log dedupe by (workflow_id, run_i
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from delegation.core.models import DecisionRecord, DelegationFeedback, FeedbackReceipt, Variant
+from delegation.store.database import Database, SQLiteDatabase, iso_utc
 from delegation.store.files import append_line
+from delegation.store.schema import MIGRATIONS
 
 TRAINING_DATA_MARKER = "TRAINING_DATA"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    workflow_id TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    variant TEXT NOT NULL,
-    assigned_variant TEXT NOT NULL,
-    assignee_id TEXT,
-    confidence REAL,
-    program_version TEXT NOT NULL,
-    model TEXT NOT NULL,
-    latency_ms REAL NOT NULL,
-    fallback_used INTEGER NOT NULL,
-    error TEXT,
-    bucket INTEGER NOT NULL,
-    rollout_percentage INTEGER NOT NULL,
-    decided_at TEXT NOT NULL,
-    record_json TEXT NOT NULL,
-    logged INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (workflow_id, run_id)
-);
-CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
-CREATE TABLE IF NOT EXISTS feedback (
-    workflow_id TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    correct_assignee_id TEXT,
-    comment TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    feedback_json TEXT NOT NULL,
-    PRIMARY KEY (workflow_id, run_id)
-);
-DROP INDEX IF EXISTS decisions_variant;
-CREATE INDEX IF NOT EXISTS feedback_received_at ON feedback (received_at);
-CREATE TABLE IF NOT EXISTS reoptimization_runs (
-    run_key TEXT PRIMARY KEY,
-    collected_until TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
-    report_json TEXT NOT NULL
-);
-"""
 
 
 class UnknownDecision(LookupError):
@@ -92,11 +48,6 @@ class StoredDecision(BaseModel):
     feedback: StoredFeedback | None = None
 
 
-def _iso(moment: datetime) -> str:
-    # One fixed format (UTC, microseconds) so that text comparison in SQL orders correctly.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
 def training_log_line(record: DecisionRecord) -> str:
     """One JSON line with the TRAINING_DATA marker."""
     payload = {"marker": TRAINING_DATA_MARKER, **record.model_dump(mode="json")}
@@ -104,83 +55,70 @@ def training_log_line(record: DecisionRecord) -> str:
 
 
 class DecisionStore:
-    """SQLite decision store plus the append-only training-data log."""
+    """Decision records, feedback and re-optimization runs in one database, plus the training-data log.
 
-    def __init__(self, db_path: Path, log_path: Path) -> None:
-        self.db_path = db_path
+    ``database`` is a ``Database`` (SQLite or PostgreSQL), or a path for a SQLite file. The log
+    file is per host: with several workers each writes its own, and the database holds them all.
+    """
+
+    def __init__(self, database: Database | Path, log_path: Path) -> None:
+        self.database: Database = SQLiteDatabase(database) if isinstance(database, Path) else database
         self.log_path = log_path
-        self._lock = threading.Lock()
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL survives a process crash; only an OS crash can drop the last commits,
-            # and the decision stays in the workflow's history either way.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            yield conn
-        finally:
-            conn.close()
+        self.database.migrate(MIGRATIONS)
 
     def record(self, record: DecisionRecord, *, log_to_file: bool) -> tuple[bool, bool]:
         """Store the record and log it once. Returns (stored now, logged now); (False, False) on a repeat."""
         decision = record.decision
-        with self._lock, self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO decisions (workflow_id, run_id, task_id, variant, assigned_variant,"
-                    " assignee_id, confidence, program_version, model, latency_ms, fallback_used, error, bucket,"
-                    " rollout_percentage, decided_at, record_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        record.workflow_id,
-                        record.run_id,
-                        record.task_id,
-                        record.variant,
-                        record.assigned_variant,
-                        decision.assignee_id if decision else None,
-                        decision.confidence if decision else None,
-                        record.program_version,
-                        record.model,
-                        record.latency_ms,
-                        int(record.fallback_used),
-                        record.error,
-                        record.bucket,
-                        record.rollout_percentage,
-                        _iso(record.decided_at),
-                        record.model_dump_json(),
-                    ),
+        with self.database.transaction() as tx:
+            inserted = tx.execute(
+                "INSERT INTO decisions (workflow_id, run_id, task_id, variant, assigned_variant,"
+                " assignee_id, confidence, program_version, model, latency_ms, fallback_used, error, bucket,"
+                " rollout_percentage, decided_at, record_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (workflow_id, run_id) DO NOTHING",
+                (
+                    record.workflow_id,
+                    record.run_id,
+                    record.task_id,
+                    record.variant,
+                    record.assigned_variant,
+                    decision.assignee_id if decision else None,
+                    decision.confidence if decision else None,
+                    record.program_version,
+                    record.model,
+                    record.latency_ms,
+                    int(record.fallback_used),
+                    record.error,
+                    record.bucket,
+                    record.rollout_percentage,
+                    iso_utc(record.decided_at),
+                    record.model_dump_json(),
+                ),
+            )
+            stored = inserted == 1
+            logged = False
+            if log_to_file:
+                row = tx.fetchone(
+                    "SELECT logged FROM decisions WHERE workflow_id = ? AND run_id = ? FOR UPDATE"
+                    if self.database.dialect == "postgresql"
+                    else "SELECT logged FROM decisions WHERE workflow_id = ? AND run_id = ?",
+                    (record.workflow_id, record.run_id),
                 )
-                stored = cursor.rowcount == 1
-                logged = False
-                if log_to_file:
-                    (already,) = conn.execute(
-                        "SELECT logged FROM decisions WHERE workflow_id = ? AND run_id = ?",
+                already = row is not None and bool(row[0])
+                if not already:
+                    append_line(self.log_path, training_log_line(record))
+                    tx.execute(
+                        "UPDATE decisions SET logged = 1 WHERE workflow_id = ? AND run_id = ?",
                         (record.workflow_id, record.run_id),
-                    ).fetchone()
-                    if not already:
-                        append_line(self.log_path, training_log_line(record))
-                        conn.execute(
-                            "UPDATE decisions SET logged = 1 WHERE workflow_id = ? AND run_id = ?",
-                            (record.workflow_id, record.run_id),
-                        )
-                        logged = True
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                    )
+                    logged = True
         return stored, logged
 
     def get(self, workflow_id: str) -> list[DecisionRecord]:
         """All records stored for a workflow id, oldest first."""
-        with self._connect() as conn:
-            rows = conn.execute(
+        with self.database.transaction() as tx:
+            rows = tx.fetchall(
                 "SELECT record_json FROM decisions WHERE workflow_id = ? ORDER BY decided_at", (workflow_id,)
-            ).fetchall()
+            )
         return [DecisionRecord.model_validate_json(row[0]) for row in rows]
 
     # ---- feedback ---------------------------------------------------------------------------
@@ -194,61 +132,58 @@ class DecisionStore:
         from delegation.core.team import candidates_for
 
         workflow_id = feedback.decision_workflow_id
-        with self._lock, self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(
-                    "SELECT run_id, record_json FROM decisions WHERE workflow_id = ? ORDER BY decided_at DESC LIMIT 1",
-                    (workflow_id,),
-                ).fetchone()
-                if row is None:
-                    raise UnknownDecision(f"no decision is recorded for {_named(feedback)}")
-                run_id, record_json = row
-                record = DecisionRecord.model_validate_json(record_json)
-                if feedback.task_id is not None and record.task_id != feedback.task_id:
-                    raise UnknownDecision(f"no decision is recorded for {_named(feedback)}")
-                candidate_ids = [c.id for c in candidates_for(record.request)]
-                if feedback.correct_assignee_id is not None and feedback.correct_assignee_id not in candidate_ids:
-                    raise InvalidFeedback(
-                        f"correct_assignee_id {feedback.correct_assignee_id!r} is not a candidate of task "
-                        f"{record.task_id}; its candidates are {candidate_ids}"
-                    )
-                if (
-                    feedback.outcome == "reassigned"
-                    and record.decision is not None
-                    and record.decision.assignee_id == feedback.correct_assignee_id
-                ):
-                    raise InvalidFeedback(
-                        f"task {record.task_id} was already given to {feedback.correct_assignee_id}: "
-                        "report it as accepted, or name the assignee it was reassigned to"
-                    )
-                # Stored under the decision's own ids, so a feedback by task id and one by workflow id match.
-                canonical = feedback.model_copy(update={"task_id": record.task_id, "workflow_id": None})
-                payload = canonical.model_dump_json()
-                existing = conn.execute(
-                    "SELECT feedback_json FROM feedback WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id)
-                ).fetchone()
-                if existing is not None and existing[0] == payload:
-                    result = "unchanged"
-                else:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO feedback (workflow_id, run_id, outcome, correct_assignee_id, comment,"
-                        " received_at, feedback_json) VALUES (?,?,?,?,?,?,?)",
-                        (
-                            workflow_id,
-                            run_id,
-                            feedback.outcome,
-                            feedback.correct_assignee_id,
-                            feedback.comment,
-                            _iso(received_at),
-                            payload,
-                        ),
-                    )
-                    result = "stored" if existing is None else "updated"
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.database.transaction() as tx:
+            row = tx.fetchone(
+                "SELECT run_id, record_json FROM decisions WHERE workflow_id = ? ORDER BY decided_at DESC LIMIT 1",
+                (workflow_id,),
+            )
+            if row is None:
+                raise UnknownDecision(f"no decision is recorded for {_named(feedback)}")
+            run_id, record_json = row
+            record = DecisionRecord.model_validate_json(record_json)
+            if feedback.task_id is not None and record.task_id != feedback.task_id:
+                raise UnknownDecision(f"no decision is recorded for {_named(feedback)}")
+            candidate_ids = [c.id for c in candidates_for(record.request)]
+            if feedback.correct_assignee_id is not None and feedback.correct_assignee_id not in candidate_ids:
+                raise InvalidFeedback(
+                    f"correct_assignee_id {feedback.correct_assignee_id!r} is not a candidate of task "
+                    f"{record.task_id}; its candidates are {candidate_ids}"
+                )
+            if (
+                feedback.outcome == "reassigned"
+                and record.decision is not None
+                and record.decision.assignee_id == feedback.correct_assignee_id
+            ):
+                raise InvalidFeedback(
+                    f"task {record.task_id} was already given to {feedback.correct_assignee_id}: "
+                    "report it as accepted, or name the assignee it was reassigned to"
+                )
+            # Stored under the decision's own ids, so a feedback by task id and one by workflow id match.
+            canonical = feedback.model_copy(update={"task_id": record.task_id, "workflow_id": None})
+            payload = canonical.model_dump_json()
+            existing = tx.fetchone(
+                "SELECT feedback_json FROM feedback WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id)
+            )
+            if existing is not None and existing[0] == payload:
+                result = "unchanged"
+            else:
+                tx.execute(
+                    "INSERT INTO feedback (workflow_id, run_id, outcome, correct_assignee_id, comment,"
+                    " received_at, feedback_json) VALUES (?,?,?,?,?,?,?)"
+                    " ON CONFLICT (workflow_id, run_id) DO UPDATE SET outcome = excluded.outcome,"
+                    " correct_assignee_id = excluded.correct_assignee_id, comment = excluded.comment,"
+                    " received_at = excluded.received_at, feedback_json = excluded.feedback_json",
+                    (
+                        workflow_id,
+                        run_id,
+                        feedback.outcome,
+                        feedback.correct_assignee_id,
+                        feedback.comment,
+                        iso_utc(received_at),
+                        payload,
+                    ),
+                )
+                result = "stored" if existing is None else "updated"
         return FeedbackReceipt(
             workflow_id=workflow_id,
             run_id=run_id,
@@ -278,17 +213,17 @@ class DecisionStore:
             clauses.append("f.workflow_id IS NOT NULL")
         if since is not None:
             clauses.append(f"{column} > ?")
-            params.append(_iso(since))
+            params.append(iso_utc(since))
         if until is not None:
             clauses.append(f"{column} <= ?")
-            params.append(_iso(until))
+            params.append(iso_utc(until))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = (
             "SELECT d.record_json, f.feedback_json, f.received_at FROM decisions d LEFT JOIN feedback f"
             f" ON f.workflow_id = d.workflow_id AND f.run_id = d.run_id {where} ORDER BY {column}"
         )
-        with self._connect() as conn:
-            rows = conn.execute(query, params).fetchall()
+        with self.database.transaction() as tx:
+            rows = tx.fetchall(query, params)
         return [
             StoredDecision(
                 record=DecisionRecord.model_validate_json(record_json),
@@ -316,33 +251,33 @@ class DecisionStore:
             params.append(assigned_variant)
         if since is not None:
             clauses.append("decided_at > ?")
-            params.append(_iso(since))
+            params.append(iso_utc(since))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._connect() as conn:
-            rows = conn.execute(
+        with self.database.transaction() as tx:
+            rows = tx.fetchall(
                 f"SELECT record_json FROM decisions {where} ORDER BY decided_at DESC LIMIT ?", (*params, limit)
-            ).fetchall()
+            )
         return [DecisionRecord.model_validate_json(row[0]) for row in rows]
 
     # ---- re-optimization runs ---------------------------------------------------------------
 
     def last_collected_until(self) -> datetime | None:
         """Where the last finished re-optimization stopped collecting feedback."""
-        with self._connect() as conn:
-            row = conn.execute("SELECT MAX(collected_until) FROM reoptimization_runs").fetchone()
+        with self.database.transaction() as tx:
+            row = tx.fetchone("SELECT MAX(collected_until) FROM reoptimization_runs")
         return datetime.fromisoformat(row[0]) if row and row[0] else None
 
     def record_reoptimization(
         self, run_key: str, collected_until: datetime, report_json: str, finished_at: datetime
     ) -> bool:
         """Remember a finished run (idempotent by ``run_key``). Returns True when stored now."""
-        with self._lock, self._connect() as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO reoptimization_runs (run_key, collected_until, finished_at, report_json)"
-                " VALUES (?,?,?,?)",
-                (run_key, _iso(collected_until), _iso(finished_at), report_json),
+        with self.database.transaction() as tx:
+            inserted = tx.execute(
+                "INSERT INTO reoptimization_runs (run_key, collected_until, finished_at, report_json)"
+                " VALUES (?,?,?,?) ON CONFLICT (run_key) DO NOTHING",
+                (run_key, iso_utc(collected_until), iso_utc(finished_at), report_json),
             )
-        return cursor.rowcount == 1
+        return inserted == 1
 
 
 def _named(feedback: DelegationFeedback) -> str:

@@ -27,6 +27,7 @@ from delegation.deciders.protocol import Decider
 from delegation.rollout.control import RolloutControl
 from delegation.rollout.flags import FeatureFlagProvider
 from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
+from delegation.store.database import database_for
 from delegation.store.decisions import DecisionStore
 from delegation.workflows.client import connect
 from delegation.workflows.delegation import DelegationWorkflow
@@ -56,7 +57,7 @@ class WorkerDependencies:
 
     def rollout_control(self) -> RolloutControl:
         """Moves the live flags with an audit entry (the guardrail's rollback goes through it)."""
-        audit_log = self.audit_log or self.store.db_path.with_name("rollout_audit.jsonl")
+        audit_log = self.audit_log or self.store.log_path.with_name("rollout_audit.jsonl")
         return RolloutControl(self.flags, audit_log, self.environment)
 
 
@@ -92,7 +93,9 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
     lm = build_dspy_lm(endpoint)
     source = program_source(settings)
     logger.info("DSPy program version {}", source.current.version)
-    store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
+    database = database_for(settings)
+    logger.info("store: {}", database.describe())
+    store = DecisionStore(database, settings.decision_log_path)
     return WorkerDependencies(
         endpoint=endpoint,
         instructor=InstructorDecider(build_async_openai(endpoint), endpoint),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from tests.integration.conftest import Harness
 from tests.integration.test_delegation_workflow import by_title
 from tests.support.factories import endpoint_for
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
+from tests.support.store_queries import rows
 
 runner = CliRunner()
 
@@ -53,8 +53,7 @@ def _application_error(err: BaseException) -> ApplicationError:
 
 
 def _feedback_rows(store: DecisionStore) -> list[tuple]:
-    with sqlite3.connect(store.db_path) as conn:
-        return conn.execute("SELECT workflow_id, run_id, outcome, correct_assignee_id FROM feedback").fetchall()
+    return rows(store, "SELECT workflow_id, run_id, outcome, correct_assignee_id FROM feedback")
 
 
 def _audit(path: Path) -> list[dict]:

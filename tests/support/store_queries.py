@@ -16,6 +16,12 @@ def count_decisions(store: DecisionStore, workflow_id: str | None = None) -> int
     return len(store.get(workflow_id)) if workflow_id is not None else len(store.decisions())
 
 
+def rows(store: DecisionStore, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Rows of a query on the store's own database (either backend; ``?`` placeholders)."""
+    with store.database.transaction() as tx:
+        return tx.fetchall(sql, params)
+
+
 def orphan_training_files(store: TrainingSetStore) -> list[Path]:
     """Data files without a manifest: writes that crashed before committing (ignored by the store)."""
     if not store.directory.is_dir():

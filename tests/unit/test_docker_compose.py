@@ -62,3 +62,14 @@ def test_no_secret_values_committed() -> None:
     postgres = SERVICES["postgresql"]["environment"]["POSTGRES_PASSWORD"]
     assert postgres.startswith("${"), "passwords come from the environment"
     assert SERVICES["worker"]["environment"]["LLM_API_KEY"].startswith("${")
+
+
+def test_workers_share_the_app_database_beside_temporals() -> None:
+    worker = SERVICES["worker"]
+    url = worker["environment"]["DATABASE_URL"]
+    assert url.startswith("postgresql://temporal:${POSTGRES_PASSWORD") and url.endswith("@postgresql:5432/delegation")
+    assert worker["depends_on"]["postgresql"]["condition"] == "service_healthy"
+    assert "container_name" not in worker and "ports" not in worker, "replicas need neither a fixed name nor a port"
+    (init,) = [v for v in SERVICES["postgresql"]["volumes"] if "docker-entrypoint-initdb.d" in v]
+    script = Path(__file__).resolve().parents[2] / init.split(":")[0]
+    assert "CREATE DATABASE delegation" in script.read_text()

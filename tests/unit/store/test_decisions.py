@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
+from delegation.store.database import Database
 from delegation.store.decisions import TRAINING_DATA_MARKER, DecisionStore
 from tests.support.factories import decision_record
-from tests.support.store_queries import count_decisions
+from tests.support.store_queries import count_decisions, rows
 
 
 def _decision_record(
@@ -40,8 +40,8 @@ def _decision_record(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DecisionStore:
-    return DecisionStore(tmp_path / "db" / "decisions.sqlite3", tmp_path / "logs" / "decisions.log")
+def store(database: Database, tmp_path: Path) -> DecisionStore:
+    return DecisionStore(database, tmp_path / "logs" / "decisions.log")
 
 
 def _log_lines(store: DecisionStore) -> list[str]:
@@ -99,10 +99,9 @@ def test_failed_decisions_are_stored_too(store: DecisionStore) -> None:
     (stored,) = store.get("delegation-task-9")
     assert stored == record
     assert stored.decision is None and stored.error == "both deciders failed"
-    with sqlite3.connect(store.db_path) as conn:
-        row = conn.execute(
-            "SELECT assignee_id, confidence, error FROM decisions WHERE workflow_id = ?", ("delegation-task-9",)
-        ).fetchone()
+    (row,) = rows(
+        store, "SELECT assignee_id, confidence, error FROM decisions WHERE workflow_id = ?", ("delegation-task-9",)
+    )
     assert row == (None, None, "both deciders failed")
     assert json.loads(_log_lines(store)[0])["decision"] is None
 
@@ -133,7 +132,7 @@ def test_get_returns_records_for_one_workflow_only(store: DecisionStore) -> None
 def test_rows_survive_a_new_store_on_the_same_files(store: DecisionStore) -> None:
     record = _decision_record()
     store.record(record, log_to_file=True)
-    reopened = DecisionStore(store.db_path, store.log_path)
+    reopened = DecisionStore(store.database, store.log_path)
     assert reopened.get(record.workflow_id) == [record]
     assert reopened.record(record, log_to_file=True) == (False, False)
     assert len(_log_lines(reopened)) == 1

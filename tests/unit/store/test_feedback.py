@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +14,10 @@ from delegation.core.models import (
     DelegationFeedback,
     DelegationRequest,
 )
+from delegation.store.database import Database
 from delegation.store.decisions import DecisionStore, InvalidFeedback, UnknownDecision
 from tests.support.factories import CUSTOM_TEAM, decision_record
+from tests.support.store_queries import rows
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DEFAULT_TEAM_IDS = [
@@ -32,8 +33,8 @@ DEFAULT_TEAM_IDS = [
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> DecisionStore:
-    return DecisionStore(tmp_path / "db" / "decisions.sqlite3", tmp_path / "logs" / "decisions.log")
+def store(database: Database, tmp_path: Path) -> DecisionStore:
+    return DecisionStore(database, tmp_path / "logs" / "decisions.log")
 
 
 def _record(
@@ -56,10 +57,7 @@ def _record(
 
 
 def _feedback_rows(store: DecisionStore) -> list[tuple]:
-    with sqlite3.connect(store.db_path) as conn:
-        return conn.execute(
-            "SELECT workflow_id, run_id, outcome, correct_assignee_id, comment, received_at FROM feedback"
-        ).fetchall()
+    return rows(store, "SELECT workflow_id, run_id, outcome, correct_assignee_id, comment, received_at FROM feedback")
 
 
 # ---- storing ----------------------------------------------------------------------------------
