@@ -244,20 +244,20 @@ def _parse_bool(name: str, value: str | None) -> bool | None:
 
 
 def _show_flags() -> None:
-    settings = get_settings()
-    reading = get_feature_flags().read()
+    provider = get_feature_flags()
+    reading = provider.read()
     table = Table("flag", "value")
     for name, value in reading.flags.as_env().items():
         table.add_row(name, str(value))
     console.print(table)
-    console.print(f"live flags file: {settings.flags_file}")
+    console.print(f"live flags: {provider.describe()}")
     if reading.error:
         err_console.print(f"[bold red]rejected:[/] {reading.error}; the values above are the last good flags")
 
 
 @flags_app.command("show")
 def flags_show(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The flags in force (flags file over environment over env file over defaults)."""
+    """The flags in force (live flags over environment over env file over defaults)."""
     if as_json:
         print(json.dumps(get_feature_flags().get_all_flags()))
         return

@@ -14,8 +14,9 @@ from rich.table import Table
 from delegation.core.models import describe_validation_error
 from delegation.core.settings import get_settings
 from delegation.rollout.control import AuditEntry, RolloutControl, operator_name
-from delegation.rollout.flags import FlagsFileError, flags_file_updated_at, get_feature_flags
+from delegation.rollout.flags import FlagsFileError, get_feature_flags
 from delegation.rollout.guardrail import check_guardrail, guardrail_limits
+from delegation.store.flags import FlagConflict
 
 rollout_app = typer.Typer(
     help="Move the DSPy rollout (0 → 10 → 25 → 50 → 100 %) and roll it back.", no_args_is_help=True
@@ -39,8 +40,11 @@ def apply_change(change: Callable[[RolloutControl], AuditEntry]) -> AuditEntry:
         return change(rollout_control())
     except (ValidationError, FlagsFileError) as err:
         message = describe_validation_error(err, model_name="flags") if isinstance(err, ValidationError) else str(err)
-        err_console.print(f"[bold red]error:[/] {message}; the flags file was not changed")
+        err_console.print(f"[bold red]error:[/] {message}; the live flags were not changed")
         raise typer.Exit(2) from None
+    except FlagConflict as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(1) from None
 
 
 def _print_change(entry: AuditEntry) -> None:
@@ -90,13 +94,14 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
     on_dspy = sum(r.assigned_variant == "dspy" for r in recent)
     expected = sum(r.rollout_percentage for r in recent) / len(recent) if recent else None
     limits = guardrail_limits(settings)
-    since = flags_file_updated_at(settings.flags_file)
+    since = control.provider.updated_at()
     verdict = check_guardrail(store.recent_decisions(limits.window, assigned_variant="dspy", since=since), limits)
     trip = control.last_guardrail_trip()
     status = {
         "environment": settings.app_env,
         "flags": flags.as_env(),
         "flags_file": str(settings.flags_file),
+        "flags_source": control.provider.describe(),
         "flags_error": reading.error,
         "champion_version": champion,
         "live_split": {

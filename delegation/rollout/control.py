@@ -1,9 +1,11 @@
-"""Audited rollout changes: moving the DSPy share, rolling back, and the audit log.
+"""Audited rollout changes: moving the DSPy share, rolling back, and the audit trail.
 
-Every change goes through the live flags file (which wins over the environment), so it
-reaches running workers at their next decision, including workers started with the
-flags in their environment. Every change is appended to an audit log (JSON lines):
-who, when, from, to, why.
+Every change goes through the live flags (which win over the environment), so it reaches
+running workers at their next decision, including workers started with the flags in their
+environment. With ``DATABASE_URL`` a change is one compare-and-set transaction on the
+database's flags row with its audit row (who, host, when, from, to, why, outcome); a
+concurrent change makes it recompute and retry, audited. Without it, the change rewrites the
+flags file and appends a JSON line to the audit log.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from delegation.rollout.flags import FeatureFlagProvider, FeatureFlags, write_flags_file
+from delegation.rollout.flags import FeatureFlagProvider, FeatureFlags, validated_update, write_flags_file
 from delegation.store.files import append_line
+from delegation.store.flags import FlagAuditRow
 
 GUARDRAIL_ACTOR = "guardrail"
 
 
 class AuditEntry(BaseModel):
-    """One change of the rollout flags."""
+    """One change of the rollout flags (with the database: one attempt, and how it ended)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -34,6 +37,26 @@ class AuditEntry(BaseModel):
     before: dict[str, bool | int]
     after: dict[str, bool | int]
     reason: str = ""
+    host: str = ""
+    outcome: str = "applied"
+    from_version: int | None = None
+    to_version: int | None = None
+
+    @classmethod
+    def from_row(cls, row: FlagAuditRow) -> AuditEntry:
+        return cls(
+            at=row.at,
+            who=row.who,
+            action=row.action,
+            environment=row.environment,
+            before=row.before,
+            after=row.after,
+            reason=row.reason,
+            host=row.host,
+            outcome=row.outcome,
+            from_version=row.from_version,
+            to_version=row.to_version,
+        )
 
 
 def operator_name() -> str:
@@ -72,7 +95,16 @@ class RolloutControl:
         return self.change("rollback" + (" --disable" if disable else ""), updates, who=who, reason=reason)
 
     def change(self, action: str, updates: dict[str, Any], *, who: str, reason: str = "") -> AuditEntry:
-        """Write ``updates`` to the live flags file and append the audit entry of the change."""
+        """Apply ``updates`` to the live flags with the audit entry of the change."""
+        store = self.provider.store
+        if store is not None:
+
+            def resolve(live: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+                new_values = validated_update(live, updates)
+                return new_values, self.provider.resolve(live).as_env(), self.provider.resolve(new_values).as_env()
+
+            row = store.change(resolve, who=who, host=socket.gethostname(), action=action, reason=reason)
+            return AuditEntry.from_row(row)
         before = self.current().as_env()
         write_flags_file(self.provider.flags_file, updates, updated_by=who)
         after = self.provider.read().flags.as_env()
@@ -84,12 +116,15 @@ class RolloutControl:
             before=before,
             after=after,
             reason=reason,
+            host=socket.gethostname(),
         )
         append_line(self.audit_log, entry.model_dump_json())
         return entry
 
     def history(self, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries, oldest first (the last ``limit`` when given); unreadable lines are skipped."""
+        if self.provider.store is not None:
+            return [AuditEntry.from_row(row) for row in self.provider.store.history(limit)]
         try:
             lines = self.audit_log.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
@@ -105,6 +140,8 @@ class RolloutControl:
     def last_guardrail_trip(self) -> AuditEntry | None:
         """The guardrail's last rollback, if no operator has changed the rollout since."""
         for entry in reversed(self.history()):
+            if entry.outcome != "applied":
+                continue
             if entry.who == GUARDRAIL_ACTOR:
                 return entry
             moved = any(

@@ -2,9 +2,12 @@
 
 Precedence, highest first:
 
-1. the live flags file (``FEATURE_FLAGS_FILE``, default ``data/feature_flags.json``), written
-   by ``delegation flags ...``; it is re-read on every decision, so it is how a running
-   worker is moved or rolled back without a restart;
+1. the live flags, written by ``delegation flags ...`` and ``delegation rollout ...``: with
+   ``DATABASE_URL`` the environment's row in the store's database (every worker host reads
+   the same row), else the live flags file (``FEATURE_FLAGS_FILE``, default
+   ``data/feature_flags.json``), which the database mode does not read. They are re-read on
+   every decision (no cache: one primary-key read), so they are how running workers are moved
+   or rolled back without a restart;
 2. the process environment (fixed when the process started);
 3. the env file: ``.env``, or ``.env.staging`` when ``APP_ENV=staging``;
 4. the coded defaults: DSPy off, 0 %, logging on, guardrail off.
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from delegation.core.models import describe_validation_error
-from delegation.core.settings import env_file_for, get_settings
+from delegation.core.settings import Settings, env_file_for, get_settings
+from delegation.store.database import DatabaseError, database_for
 from delegation.store.files import atomic_write_text
+from delegation.store.flags import FlagStore
 
 FLAG_NAMES = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS", "DSPY_GUARDRAIL_ENABLED")
 
@@ -110,22 +114,53 @@ def read_flags_file(path: Path) -> dict[str, Any]:
 class FeatureFlagProvider:
     """Reads the flags on demand and keeps the last good set when a read fails."""
 
-    def __init__(self, flags_file: Path, env_file: Path | None = None) -> None:
+    def __init__(self, flags_file: Path, env_file: Path | None = None, *, store: FlagStore | None = None) -> None:
         self.flags_file = flags_file
         self.env_file = env_file
+        # The database's live flags when given (DATABASE_URL); the flags file is then not read.
+        self.store = store
         self._lock = threading.Lock()
         self._last_good = FeatureFlags()
+
+    def live_values(self) -> dict[str, Any]:
+        """The values the last change set (from the database or the file); raises when they cannot be read."""
+        if self.store is None:
+            return read_flags_file(self.flags_file)
+        try:
+            live = self.store.read()
+        except DatabaseError as err:
+            raise FlagsFileError(f"live flags cannot be read from the store: {err}") from None
+        return live.values if live is not None else {}
+
+    def resolve(self, live: dict[str, Any]) -> FeatureFlags:
+        """The flags in force for these live values over the environment, the env file and the defaults."""
+        merged = _EnvFlags(_env_file=self.env_file, **live)
+        return FeatureFlags.model_validate(merged.model_dump())
+
+    def updated_at(self) -> datetime | None:
+        """When the live flags were last changed, or None."""
+        if self.store is None:
+            return flags_file_updated_at(self.flags_file)
+        try:
+            live = self.store.read()
+        except DatabaseError:
+            return None
+        return live.updated_at if live is not None else None
+
+    def describe(self) -> str:
+        """Where the live flags are kept."""
+        if self.store is None:
+            return f"flags file {self.flags_file}"
+        return f"{self.store.database.describe()}, environment {self.store.environment!r}"
 
     def read(self) -> FlagsReading:
         """The current flags. Never raises: a bad value is reported in ``error`` and the last good set is kept."""
         try:
-            file_values = read_flags_file(self.flags_file)
-            merged = _EnvFlags(_env_file=self.env_file, **file_values)
-            flags = FeatureFlags.model_validate(merged.model_dump())
+            flags = self.resolve(self.live_values())
         except FlagsFileError as err:
             return self._keep_last_good(str(err))
         except ValidationError as err:
-            sources = f"flags file {self.flags_file}, environment, env file {self.env_file}"
+            sources = f"{self.describe()}, environment, env file {self.env_file}"
             return self._keep_last_good(
                 f"{describe_validation_error(err, model_name='feature flags')} (from {sources})"
             )
@@ -159,16 +194,12 @@ def write_flags_file(path: Path, updates: dict[str, Any], *, updated_by: str = "
     broken file behind. Returns the written values over the coded defaults (a running
     process takes flags the file does not set from its environment instead).
     """
-    unknown = sorted(set(updates) - set(FLAG_NAMES))
-    if unknown:
-        raise FlagsFileError(f"unknown flags {unknown}; known flags are {list(FLAG_NAMES)}")
     try:
         current = read_flags_file(path)
     except FlagsFileError:
         current = {}  # a broken file is replaced by a valid one
-    values = {**current, **updates}
-    validated = FeatureFlags.model_validate({**FeatureFlags().as_env(), **values})
-    to_write = {name: validated.as_env()[name] for name in values}
+    to_write = validated_update(current, updates)
+    validated = FeatureFlags.model_validate({**FeatureFlags().as_env(), **to_write})
     document = {
         "flags": to_write,
         "updated_at": datetime.now(UTC).isoformat(),
@@ -178,12 +209,34 @@ def write_flags_file(path: Path, updates: dict[str, Any], *, updated_by: str = "
     return validated
 
 
-@cache
-def _provider_for(flags_file: Path, env_file: Path) -> FeatureFlagProvider:
-    return FeatureFlagProvider(flags_file, env_file)
+def validated_update(current: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """The live values after ``updates``, checked: unknown names and bad values are refused before any write."""
+    unknown = sorted(set(updates) - set(FLAG_NAMES))
+    if unknown:
+        raise FlagsFileError(f"unknown flags {unknown}; known flags are {list(FLAG_NAMES)}")
+    values = {**current, **updates}
+    validated = FeatureFlags.model_validate({**FeatureFlags().as_env(), **values})
+    return {name: validated.as_env()[name] for name in values}
+
+
+def provider_for(settings: Settings) -> FeatureFlagProvider:
+    """A flag provider for these settings: the database's live flags with DATABASE_URL, else the flags file."""
+    store = None
+    if settings.database_url is not None:
+        store = FlagStore(database_for(settings), settings.app_env)
+    return FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env), store=store)
+
+
+_PROVIDERS: dict[tuple[object, ...], FeatureFlagProvider] = {}
+_PROVIDERS_LOCK = threading.Lock()
 
 
 def get_feature_flags() -> FeatureFlagProvider:
-    """The process's flag provider for the configured flags file and env file."""
+    """The process's flag provider for the configured settings (one per flags source and env file)."""
     settings = get_settings()
-    return _provider_for(settings.flags_file, env_file_for(settings.app_env))
+    url = settings.database_url.get_secret_value() if settings.database_url is not None else None
+    key = (settings.flags_file, env_file_for(settings.app_env), url, settings.decision_db_path, settings.app_env)
+    with _PROVIDERS_LOCK:
+        if key not in _PROVIDERS:
+            _PROVIDERS[key] = provider_for(settings)
+        return _PROVIDERS[key]

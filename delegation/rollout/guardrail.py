@@ -17,7 +17,7 @@ from delegation.core.settings import Settings
 from delegation.core.targets import ERROR_RATE_TARGET, LATENCY_TARGET_MS
 from delegation.rollout.arm_metrics import answered_latencies, is_arm_error, percentile
 from delegation.rollout.control import GUARDRAIL_ACTOR, RolloutControl
-from delegation.rollout.flags import FeatureFlags, flags_file_updated_at
+from delegation.rollout.flags import FeatureFlags
 from delegation.store.decisions import DecisionStore
 
 DEFAULT_WINDOW = 50
@@ -117,7 +117,7 @@ class Guardrail:
             return None
         # One judgement at a time: concurrent decisions must not roll back (and audit) twice.
         async with self._lock:
-            since = flags_file_updated_at(self._control.provider.flags_file)
+            since = await asyncio.to_thread(self._control.provider.updated_at)
             records = await asyncio.to_thread(
                 self._store.recent_decisions, self._limits.window, assigned_variant="dspy", since=since
             )

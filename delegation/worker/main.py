@@ -21,11 +21,11 @@ from delegation.activities.feedback import FeedbackActivities
 from delegation.activities.flags import FlagActivities
 from delegation.activities.recording import RecordActivities
 from delegation.core.models import Assignee, DelegationRequest, Variant
-from delegation.core.settings import Settings, env_file_for, get_settings
+from delegation.core.settings import Settings, get_settings
 from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
 from delegation.deciders.protocol import Decider
 from delegation.rollout.control import RolloutControl
-from delegation.rollout.flags import FeatureFlagProvider
+from delegation.rollout.flags import FeatureFlagProvider, provider_for
 from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
 from delegation.store.database import database_for
 from delegation.store.decisions import DecisionStore
@@ -101,7 +101,7 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
         instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
         dspy=DSPyDecider(lm, endpoint, source),
         store=store,
-        flags=FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)),
+        flags=provider_for(settings),
         audit_log=settings.rollout_audit_path,
         environment=settings.app_env,
         guardrail_limits=guardrail_limits(settings),
