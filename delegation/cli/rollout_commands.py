@@ -143,14 +143,42 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
         err_console.print(f"[bold red]flags rejected:[/] {reading.error}; the values above are the last good flags")
     history = control.history(limit=5)
     if history:
-        changes = Table("when (UTC)", "who", "action", "from", "to", "reason", title="Recent rollout changes")
+        console.print(_history_table(history, "Recent rollout changes"))
+
+
+def _flag_pair(flags: dict[str, bool | int]) -> str:
+    return f"{flags.get('USE_DSPY_DELEGATION')}/{flags.get('DSPY_ROLLOUT_PERCENTAGE')}%"
+
+
+def _history_table(history: list[AuditEntry], title: str) -> Table:
+    table = Table("when (UTC)", "who", "host", "action", "from", "to", "outcome", "reason", title=title)
+    for entry in history:
+        table.add_row(
+            f"{entry.at:%Y-%m-%d %H:%M:%S}",
+            entry.who,
+            entry.host,
+            entry.action,
+            _flag_pair(entry.before),
+            _flag_pair(entry.after),
+            entry.outcome,
+            entry.reason,
+        )
+    return table
+
+
+@rollout_app.command("history")
+def rollout_history(
+    limit: Annotated[int, typer.Option(min=1, help="How many of the latest changes.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The audit trail of this environment's flag changes, oldest first: who, host, when, from, to, why, outcome."""
+    control = rollout_control()
+    history = control.history(limit=limit)
+    if as_json:
         for entry in history:
-            changes.add_row(
-                f"{entry.at:%Y-%m-%d %H:%M:%S}",
-                entry.who,
-                entry.action,
-                f"{entry.before['USE_DSPY_DELEGATION']}/{entry.before['DSPY_ROLLOUT_PERCENTAGE']}%",
-                f"{entry.after['USE_DSPY_DELEGATION']}/{entry.after['DSPY_ROLLOUT_PERCENTAGE']}%",
-                entry.reason,
-            )
-        console.print(changes)
+            print(entry.model_dump_json())
+        return
+    if not history:
+        console.print(f"no rollout changes recorded ({control.provider.describe()})")
+        return
+    console.print(_history_table(history, f"Rollout changes ({control.environment}, {control.provider.describe()})"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,17 +95,27 @@ class RolloutControl:
             updates["USE_DSPY_DELEGATION"] = False
         return self.change("rollback" + (" --disable" if disable else ""), updates, who=who, reason=reason)
 
+    def guardrail_rollback(self, reason: str) -> AuditEntry | None:
+        """The guardrail's rollback, made only while DSPy still serves: None when another one got there first.
+
+        With the database the check and the write are one compare-and-set, so workers that
+        judge at the same moment roll back (and audit) once between them.
+        """
+        updates: dict[str, Any] = {"DSPY_ROLLOUT_PERCENTAGE": 0}
+        if self.provider.store is None:
+            if self.current().dspy_rollout_percentage == 0:
+                return None
+            return self.change("rollback", updates, who=GUARDRAIL_ACTOR, reason=reason)
+        return self._store_change(
+            "rollback", updates, who=GUARDRAIL_ACTOR, reason=reason, only_if=lambda f: f.dspy_rollout_percentage > 0
+        )
+
     def change(self, action: str, updates: dict[str, Any], *, who: str, reason: str = "") -> AuditEntry:
         """Apply ``updates`` to the live flags with the audit entry of the change."""
-        store = self.provider.store
-        if store is not None:
-
-            def resolve(live: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-                new_values = validated_update(live, updates)
-                return new_values, self.provider.resolve(live).as_env(), self.provider.resolve(new_values).as_env()
-
-            row = store.change(resolve, who=who, host=socket.gethostname(), action=action, reason=reason)
-            return AuditEntry.from_row(row)
+        if self.provider.store is not None:
+            entry = self._store_change(action, updates, who=who, reason=reason, only_if=None)
+            assert entry is not None  # an unconditional change always applies or raises
+            return entry
         before = self.current().as_env()
         write_flags_file(self.provider.flags_file, updates, updated_by=who)
         after = self.provider.read().flags.as_env()
@@ -120,6 +131,28 @@ class RolloutControl:
         )
         append_line(self.audit_log, entry.model_dump_json())
         return entry
+
+    def _store_change(
+        self,
+        action: str,
+        updates: dict[str, Any],
+        *,
+        who: str,
+        reason: str,
+        only_if: Callable[[FeatureFlags], bool] | None,
+    ) -> AuditEntry | None:
+        store = self.provider.store
+        assert store is not None
+
+        def resolve(live: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+            before = self.provider.resolve(live)
+            if only_if is not None and not only_if(before):
+                return None
+            new_values = validated_update(live, updates)
+            return new_values, before.as_env(), self.provider.resolve(new_values).as_env()
+
+        row = store.change(resolve, who=who, host=socket.gethostname(), action=action, reason=reason)
+        return AuditEntry.from_row(row) if row is not None else None
 
     def history(self, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries, oldest first (the last ``limit`` when given); unreadable lines are skipped."""

@@ -16,7 +16,7 @@ from delegation.core.models import DecisionRecord
 from delegation.core.settings import Settings
 from delegation.core.targets import ERROR_RATE_TARGET, LATENCY_TARGET_MS
 from delegation.rollout.arm_metrics import answered_latencies, is_arm_error, percentile
-from delegation.rollout.control import GUARDRAIL_ACTOR, RolloutControl
+from delegation.rollout.control import RolloutControl
 from delegation.rollout.flags import FeatureFlags
 from delegation.store.decisions import DecisionStore
 
@@ -124,8 +124,8 @@ class Guardrail:
             verdict = check_guardrail(records, self._limits)
             if not verdict.tripped:
                 return None
-            if self._control.current().dspy_rollout_percentage == 0:
-                return verdict.reason  # already rolled back by a concurrent check
-            await asyncio.to_thread(self._control.rollback, who=GUARDRAIL_ACTOR, reason=verdict.reason)
+            entry = await asyncio.to_thread(self._control.guardrail_rollback, verdict.reason)
+            if entry is None:
+                return verdict.reason  # already rolled back by a concurrent check (here or on another worker)
         logger.error("guardrail: DSPy rolled back to 0 %: {}", verdict.reason)
         return verdict.reason

@@ -53,8 +53,9 @@ class FlagAuditRow:
     reason: str
 
 
-# What a change computes from the values it read: the new values, and the full flags before and after.
-Resolve = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]
+# What a change computes from the values it read: the new values, and the full flags before and after;
+# None when the change no longer applies to them (a rollback that another one already made).
+Resolve = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None]
 
 
 class FlagStore:
@@ -77,12 +78,18 @@ class FlagStore:
         values, version, updated_at, updated_by = row
         return LiveFlags(json.loads(values), int(version), datetime.fromisoformat(updated_at), updated_by)
 
-    def change(self, resolve: Resolve, *, who: str, host: str, action: str, reason: str) -> FlagAuditRow:
-        """Apply the change ``resolve`` computes from the current values, by compare-and-set; its audit row."""
+    def change(self, resolve: Resolve, *, who: str, host: str, action: str, reason: str) -> FlagAuditRow | None:
+        """Apply the change ``resolve`` computes from the current values, by compare-and-set; its audit row.
+
+        None, with nothing written, when ``resolve`` finds that the change no longer applies.
+        """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             current = self.read()
             values = current.values if current is not None else {}
-            new_values, before, after = resolve(values)
+            resolved = resolve(values)
+            if resolved is None:
+                return None
+            new_values, before, after = resolved
             now = datetime.now(UTC)
             from_version = current.version if current is not None else 0
             row = FlagAuditRow(

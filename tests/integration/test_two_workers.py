@@ -131,6 +131,11 @@ async def test_a_rollout_typed_anywhere_reaches_both_workers_and_the_report_coun
         history = json.loads(_cli(operator, "rollout", "status", "--json"))["recent_changes"]
         assert [(e["action"], e["outcome"]) for e in history] == [("set 100%", "applied"), ("rollback", "applied")]
         assert all(e["host"] and e["who"] for e in history)
+        trail = [json.loads(line) for line in _cli(operator, "rollout", "history", "--json").splitlines()]
+        assert [(e["action"], e["reason"], e["to_version"]) for e in trail] == [
+            ("set 100%", "two-worker test", 1),
+            ("rollback", "two-worker test", 2),
+        ]
         # Each host logged its own decisions; none went to the operator's folder.
         for name in ("a", "b"):
             log = tmp_path / f"host-{name}" / "logs" / "delegation_decisions.test.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from pathlib import Path
 
@@ -120,3 +121,67 @@ def test_a_change_that_keeps_losing_gives_up_audited(postgres_database: Postgres
     mine = [e for e in store.history() if e.who == "ana" and e.action == "set 50%"]
     assert [e.outcome for e in mine] == ["conflict: retried"] * (MAX_ATTEMPTS - 1) + ["conflict: gave up"]
     assert control.current().dspy_rollout_percentage == 10
+
+
+async def test_the_guardrail_trips_once_across_two_workers_under_a_burst(
+    postgres_server_url: str, postgres_database: PostgresDatabase, tmp_path: Path
+) -> None:
+    """Two workers (own pools, own guardrails) judging a burst of DSPy failures at once: one rollback, audited once."""
+    import asyncio
+    from datetime import timedelta
+
+    from delegation.activities.flags import FlagActivities
+    from delegation.core.activity_io import RoutingInput
+    from delegation.rollout.guardrail import Guardrail, GuardrailLimits
+    from delegation.store.decisions import DecisionStore
+    from tests.unit.rollout.test_control import _dspy
+
+    second = PostgresDatabase(postgres_server_url, schema=postgres_database.schema)
+    try:
+        workers = []
+        for name, database in (("a", postgres_database), ("b", second)):
+            control = _control(database, tmp_path / name)
+            store = DecisionStore(database, tmp_path / name / "decisions.log")
+            limits = GuardrailLimits(window=5, min_decisions=3, max_error_rate=0.5, max_p95_latency_ms=60_000)
+            workers.append(FlagActivities(control.provider, 10.0, "local", guardrail=Guardrail(store, control, limits)))
+        operator = _control(postgres_database, tmp_path / "operator")
+        operator.change(
+            "flags set",
+            {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100, "DSPY_GUARDRAIL_ENABLED": True},
+            who="ana",
+        )
+        changed_at = operator.provider.updated_at()
+        assert changed_at is not None
+        burst = DecisionStore(postgres_database, tmp_path / "burst.log")
+        for i in range(5):
+            failed = _dspy(i, fallback=True, decided_at=changed_at + timedelta(microseconds=i + 1))
+            burst.record(failed, log_to_file=False)
+        # Each worker's guardrail does its reads and its rollback in threads: the two judge at once.
+        choices = await asyncio.gather(
+            *(w.read_feature_flags(RoutingInput(routing_key=f"user-{i}")) for i in range(8) for w in workers)
+        )
+        assert {c.variant for c in choices} == {"instructor"}
+        applied = [e for e in operator.history() if e.outcome == "applied"]
+        assert [e.who for e in applied] == ["ana", GUARDRAIL_ACTOR]
+        assert operator.current().dspy_rollout_percentage == 0
+    finally:
+        second.close()
+
+
+def test_rollout_history_lists_the_trail_with_host_and_outcome(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from delegation.cli.main import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["rollout", "set", "10", "--reason", "stage 1"]).exit_code == 0
+    assert runner.invoke(app, ["rollout", "rollback", "--reason", "errors"]).exit_code == 0
+    shown = runner.invoke(app, ["rollout", "history", "--json"])
+    assert shown.exit_code == 0, shown.output
+    trail = [json.loads(line) for line in shown.output.splitlines()]
+    assert [(e["action"], e["reason"], e["outcome"]) for e in trail] == [
+        ("set 10%", "stage 1", "applied"),
+        ("rollback", "errors", "applied"),
+    ]
+    assert all(e["host"] for e in trail)
+    assert "stage 1" in runner.invoke(app, ["rollout", "history"]).output
