@@ -87,6 +87,25 @@ def postgres_database(postgres_server_url: str) -> Iterator[object]:
         drop_schema(postgres_server_url, schema)
 
 
+@pytest.fixture
+def shared_database_url(postgres_server_url: str) -> Iterator[str]:
+    """A schema of this test's own, as a URL every process can use (``search_path`` in the options)."""
+    import uuid
+
+    import psycopg
+
+    from tests.support.postgres import drop_schema
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in postgres_server_url else "?"
+    try:
+        yield f"{postgres_server_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        drop_schema(postgres_server_url, schema)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> object:
     """The store's database, once per backend: the embedded SQLite file and a real PostgreSQL."""

@@ -44,7 +44,7 @@ from delegation.learning.dataset import DatasetError, LabeledExample, Split, loa
 from delegation.learning.evaluation import run_decider, summarize
 from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG, OptimizationError, OptimizerConfig, optimize
 from delegation.learning.promotion import promotion_verdict
-from delegation.learning.registry import ArtifactRegistry, RegistryError
+from delegation.learning.registry import REOPTIMIZATION_ACTOR, ArtifactRegistry, RegistryConflict, RegistryError
 from delegation.learning.training_set import FailedExample, TrainingSetError, TrainingSetStore
 from delegation.store.decisions import DecisionStore, StoredDecision
 
@@ -286,14 +286,19 @@ class ReoptimizationActivities:
                 champion_version=self._registry.champion(),
             )
         promoted, reason = promotion_verdict(data.scores, margin)
-        current = self._registry.champion()
-        if promoted and current != data.champion_version:
-            promoted = False
-            reason = f"the champion changed from {data.champion_version} to {current} during the run; not replacing it"
         if promoted:
-            self._registry.promote(data.challenger_version, reason=reason)
-        else:
-            self._registry.set_status(data.challenger_version, "rejected", reason)
+            try:
+                # Only over the champion it was scored against, checked under the pointer's lock.
+                self._registry.promote(
+                    data.challenger_version,
+                    reason=reason,
+                    who=REOPTIMIZATION_ACTOR,
+                    expect_champion=data.champion_version,
+                )
+            except RegistryConflict as err:
+                promoted, reason = False, f"not promoted: {err}"
+        if not promoted:
+            self._registry.set_status(data.challenger_version, "rejected", reason, who=REOPTIMIZATION_ACTOR)
         logger.info(
             "challenger version {} {}: {}", data.challenger_version, "promoted" if promoted else "rejected", reason
         )

@@ -21,6 +21,7 @@ from delegation.learning.dataset import (
     load_examples,
 )
 from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG
+from delegation.store.database import operator_name
 
 if TYPE_CHECKING:
     from delegation.deciders.protocol import Decider
@@ -103,14 +104,14 @@ def _decider(settings: Settings, variant: str, version: str) -> Decider:
     from delegation.deciders.dspy_decider import DSPyDecider, load_program
     from delegation.deciders.endpoint import build_async_openai, build_dspy_lm, resolve_endpoint
     from delegation.deciders.instructor_decider import InstructorDecider
-    from delegation.learning.registry import ArtifactRegistry, RegistryError
+    from delegation.learning.registry import RegistryError, registry_for
 
     endpoint = resolve_endpoint(settings)
     if variant == "instructor":
         return InstructorDecider(build_async_openai(endpoint), endpoint)
     if variant != "dspy":
         _fail(f"--variant must be instructor or dspy, not {variant!r}", 2)
-    registry = ArtifactRegistry(settings.artifact_dir)
+    registry = registry_for(settings)
     if version == "base":
         source = load_program(None)
     else:
@@ -305,8 +306,8 @@ def optimize_command(
     artifact_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Registry folder to write the version to "
-            "(default ARTIFACT_DIR; delegation/learning/artifacts ships versions with the code)."
+            help="Only delegation/learning/artifacts: ship the version with the code as files "
+            "(default: a new version in the store, DATABASE_URL or the SQLite file)."
         ),
     ] = None,
     initial_status: Annotated[
@@ -317,7 +318,7 @@ def optimize_command(
     from delegation.cli.progress import optimization_progress
     from delegation.deciders.endpoint import build_dspy_lm, resolve_endpoint
     from delegation.learning.optimizer import OPTIMIZERS, OptimizationError, OptimizerConfig, optimize
-    from delegation.learning.registry import ArtifactRegistry, RegistryError
+    from delegation.learning.registry import RegistryError, registry_for
 
     if optimizer not in OPTIMIZERS:
         _fail(f"--optimizer must be one of {OPTIMIZERS}, not {optimizer!r}", 2)
@@ -328,11 +329,12 @@ def optimize_command(
     dev_examples = _load(dev, "dev", None)
     _ensure_endpoint(settings)
     endpoint = resolve_endpoint(settings)
-    from delegation.learning.registry import BUILTIN_DIR
-
-    # --artifact-dir is a registry of its own, except delegation/learning/artifacts: the versions shipped with the code.
-    shipping = artifact_dir is not None and artifact_dir.resolve() == BUILTIN_DIR.resolve()
-    registry = ArtifactRegistry(settings.artifact_dir if shipping or artifact_dir is None else artifact_dir)
+    # Versions go to the store; --artifact-dir delegation/learning/artifacts ships one with the code.
+    registry = registry_for(settings)
+    try:
+        registry.check_destination(artifact_dir)
+    except RegistryError as err:
+        _fail(f"--artifact-dir: {err}", 2)
     try:
         with optimization_progress(console) as progress:
             result = optimize(
@@ -343,7 +345,7 @@ def optimize_command(
                 dev=dev_examples,
                 config=OptimizerConfig(optimizer, max_demos, seed),
                 progress=progress,
-                artifact_directory=BUILTIN_DIR if shipping else None,
+                artifact_directory=artifact_dir,
                 initial_status=initial_status,
             )
     except (OptimizationError, RegistryError) as err:
@@ -351,16 +353,16 @@ def optimize_command(
     print(f"Base module score: {result.base.accuracy:.2f}")
     print(f"Optimized module score: {result.optimized.accuracy:.2f}")
     print(f"Improvement: {result.improvement:+.1f}%")
-    print(f"Saved to: {result.path}")
+    print(f"Saved to: {result.saved_to}")
 
 
 # ---- artifacts -------------------------------------------------------------------------------
 
 
 def _registry() -> ArtifactRegistry:
-    from delegation.learning.registry import ArtifactRegistry
+    from delegation.learning.registry import registry_for
 
-    return ArtifactRegistry(get_settings().artifact_dir)
+    return registry_for(get_settings())
 
 
 @artifacts_app.command("list")
@@ -407,7 +409,7 @@ def artifacts_promote(version: int, reason: Annotated[str, typer.Option()] = "pr
     from delegation.learning.registry import RegistryError
 
     try:
-        _registry().promote(version, reason)
+        _registry().promote(version, reason, who=operator_name())
     except RegistryError as err:
         _fail(str(err))
     console.print(f"version {version} is the champion")
@@ -419,7 +421,36 @@ def artifacts_rollback(reason: Annotated[str, typer.Option()] = "rolled back by 
     from delegation.learning.registry import RegistryError
 
     try:
-        restored = _registry().rollback(reason)
+        restored = _registry().rollback(reason, who=operator_name())
     except RegistryError as err:
         _fail(str(err))
     console.print(f"version {restored} is the champion again")
+
+
+@artifacts_app.command("history")
+def artifacts_history(
+    limit: Annotated[int, typer.Option(min=1, help="How many of the latest changes.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Every attempted champion change, oldest first: who, host, when, from, to, why, outcome."""
+    import dataclasses
+
+    registry = _registry()
+    history = registry.history(limit)
+    if as_json:
+        for entry in history:
+            print(json.dumps({**dataclasses.asdict(entry), "at": entry.at.isoformat()}))
+        return
+    table = Table("when (UTC)", "who", "host", "action", "from", "to", "outcome", "reason", title=registry.describe())
+    for entry in history:
+        table.add_row(
+            f"{entry.at:%Y-%m-%d %H:%M:%S}",
+            entry.who,
+            entry.host,
+            entry.action,
+            str(entry.from_champion),
+            str(entry.to_champion),
+            entry.outcome,
+            entry.reason,
+        )
+    console.print(table)

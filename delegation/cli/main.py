@@ -23,8 +23,8 @@ from delegation.core.models import (
     describe_validation_error,
 )
 from delegation.core.settings import PROJECT_ROOT, Settings, get_settings
-from delegation.rollout.control import operator_name
 from delegation.rollout.flags import FLAG_NAMES, get_feature_flags
+from delegation.store.database import operator_name
 
 if TYPE_CHECKING:
     from temporalio.client import Client

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from delegation.core.settings import Settings, get_settings
+from delegation.store.database import store_exists
 
 if TYPE_CHECKING:
     from delegation.rollout.report import CurrentFlags
@@ -50,13 +51,23 @@ def parse_since(value: str, now: datetime) -> datetime:
 def _optimization_scores(settings: Settings) -> tuple[tuple[float, float] | None, str]:
     """The champion's (base, optimized) dev scores and where they came from, or None and why not."""
     try:
-        from delegation.learning.registry import ArtifactRegistry
+        import tempfile
+        from pathlib import Path
 
-        registry = ArtifactRegistry(settings.artifact_dir)
-        version = registry.champion()
-        if version is None:
-            return None, "no champion program in the registry"
-        manifest = registry.manifest(version)
+        from delegation.learning.registry import ArtifactRegistry, registry_for
+        from delegation.store.database import SQLiteDatabase
+
+        with tempfile.TemporaryDirectory() as empty:
+            # Never create a SQLite store just to report: without one only the shipped versions exist.
+            registry = (
+                registry_for(settings)
+                if store_exists(settings)
+                else ArtifactRegistry(SQLiteDatabase(Path(empty) / "none.sqlite3"))
+            )
+            version = registry.champion()
+            if version is None:
+                return None, "no champion program in the registry"
+            manifest = registry.manifest(version)
     # A report shows what it can: an unreadable registry only blanks this one line.
     except (ImportError, OSError, ValueError) as err:  # RegistryError and ValidationError are ValueErrors
         return None, f"champion manifest unreadable: {type(err).__name__}: {str(err)[:200]}"
@@ -103,7 +114,7 @@ def report_command(
     settings = get_settings()
     decisions = []
     # Never create an empty SQLite store just to report on it.
-    if settings.database_url is not None or settings.decision_db_path.exists():
+    if store_exists(settings):
         from delegation.store.database import DatabaseError, database_for
         from delegation.store.decisions import DecisionStore
 

@@ -13,9 +13,10 @@ from rich.table import Table
 
 from delegation.core.models import describe_validation_error
 from delegation.core.settings import get_settings
-from delegation.rollout.control import AuditEntry, RolloutControl, operator_name
+from delegation.rollout.control import AuditEntry, RolloutControl
 from delegation.rollout.flags import FlagsFileError, get_feature_flags
 from delegation.rollout.guardrail import check_guardrail, guardrail_limits
+from delegation.store.database import operator_name
 from delegation.store.flags import FlagConflict
 
 rollout_app = typer.Typer(
@@ -77,7 +78,7 @@ def rollout_rollback(
 @rollout_app.command("status")
 def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
     """The flags in force, the champion version, the live split, the guardrail and recent changes."""
-    from delegation.learning.registry import ArtifactRegistry, RegistryError
+    from delegation.learning.registry import RegistryError, registry_for
     from delegation.store.database import database_for
     from delegation.store.decisions import DecisionStore
 
@@ -86,7 +87,7 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
     reading = control.provider.read()
     flags = reading.flags
     try:
-        champion: int | str | None = ArtifactRegistry(settings.artifact_dir).champion()
+        champion: int | str | None = registry_for(settings).champion()
     except (RegistryError, OSError, ValueError) as err:
         champion = f"unreadable ({err})"
     store = DecisionStore(database_for(settings), settings.decision_log_path)

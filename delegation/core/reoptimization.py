@@ -84,7 +84,7 @@ class TrainingSetResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     version: int = Field(ge=0, description="0 is the shipped dataset's train split alone.")
-    path: str
+    path: str = Field(description="Where it is: the shipped dataset file (version 0), or the version in the store.")
     sha256: str
     train_size: int = Field(ge=0)
     added: int = Field(ge=0)

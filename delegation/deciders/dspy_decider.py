@@ -81,20 +81,30 @@ def load_program(path: Path | None, calibration: Calibration | None = None) -> L
     if path is None:
         return LoadedProgram(DelegationDecider(), BASE_PROGRAM_VERSION)
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ProgramLoadError(f"program file {path} does not exist") from None
+    return load_program_state(text, path.stem, calibration, source=f"program file {path}")
+
+
+def load_program_state(
+    text: str, version: str, calibration: Calibration | None = None, *, source: str | None = None
+) -> LoadedProgram:
+    """A program from its saved state (the JSON text ``Module.save`` writes), reporting ``version``."""
+    where = source or f"program {version}"
+    try:
+        state = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ProgramLoadError(f"program file {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+        raise ProgramLoadError(f"{where} is not valid JSON (line {err.lineno}: {err.msg})") from None
     forbidden = find_forbidden_lm_keys(state)
     if forbidden:
-        raise ProgramLoadError(f"program file {path} tries to set LM settings at {forbidden}: refusing it")
+        raise ProgramLoadError(f"{where} tries to set LM settings at {forbidden}: refusing it")
     program = DelegationDecider()
     try:
-        program.load(str(path))
+        program.load_state(state)  # what Module.load does after reading the file (LM endpoint keys dropped)
     except Exception as err:  # dspy raises several types for an incompatible state
-        raise ProgramLoadError(f"program file {path} does not fit DelegationDecider: {err}") from None
-    return LoadedProgram(program, path.stem, calibration)
+        raise ProgramLoadError(f"{where} does not fit DelegationDecider: {err}") from None
+    return LoadedProgram(program, version, calibration)
 
 
 class DSPyDecider:

@@ -78,18 +78,22 @@ def split_of(example_id: str) -> Split:
 @dataclass(frozen=True)
 class LoadedExample:
     example: LabeledExample
-    path: Path
+    path: Path | str  # a file, or the name of a text held elsewhere (a training set version in the store)
     line: int
 
 
 def _read(path: Path) -> tuple[list[LoadedExample], list[str]]:
-    loaded: list[LoadedExample] = []
-    problems: list[str] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         return [], [f"{path}: cannot be read ({err.strerror})"]
-    for number, line in enumerate(lines, start=1):
+    return _parse(text, path)
+
+
+def _parse(text: str, path: Path | str) -> tuple[list[LoadedExample], list[str]]:
+    loaded: list[LoadedExample] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -131,6 +135,16 @@ def check_files(paths: Sequence[Path]) -> tuple[list[LabeledExample], list[str]]
         items, file_problems = _read(path)
         loaded.extend(items)
         problems.extend(file_problems)
+    return _cross_check(loaded, problems)
+
+
+def check_text(text: str, name: str) -> tuple[list[LabeledExample], list[str]]:
+    """``check_files`` for JSONL text held elsewhere; problems name ``name`` and the line."""
+    loaded, problems = _parse(text, name)
+    return _cross_check(loaded, problems)
+
+
+def _cross_check(loaded: list[LoadedExample], problems: list[str]) -> tuple[list[LabeledExample], list[str]]:
     first_by_id: dict[str, LoadedExample] = {}
     first_by_text: dict[str, LoadedExample] = {}
     for item in loaded:

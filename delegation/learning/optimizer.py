@@ -34,7 +34,7 @@ from delegation.learning.evaluation import (
     run_decider,
     summarize,
 )
-from delegation.learning.registry import ArtifactRegistry, Manifest
+from delegation.learning.registry import ArtifactRegistry, Manifest, program_filename
 
 OPTIMIZERS = ("demo-search", "labeled", "bootstrap", "random-search", "mipro")
 # The demo counts the search tries (at most ``max_demos``): more demos help a small model until
@@ -82,7 +82,7 @@ class OptimizationResult:
     base: EvaluationReport
     optimized: EvaluationReport
     manifest: Manifest
-    path: Path
+    saved_to: str  # the shipped file, or the version's place in the store
 
     @property
     def improvement(self) -> float:
@@ -276,7 +276,7 @@ def optimize(
     """Compile, score base and optimized on dev, and write a new candidate version. Writes nothing on failure."""
     if not train or not dev:
         raise OptimizationError(f"need train and dev examples (got {len(train)} train, {len(dev)} dev)")
-    registry.writable_folder(artifact_directory)  # refuse a bad folder now, not after an hour of compiling
+    registry.check_destination(artifact_directory)  # refuse a bad folder now, not after an hour of compiling
     optimizer, max_demos, seed = config.optimizer, config.max_demos, config.seed
     if optimizer not in OPTIMIZERS:
         raise OptimizationError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
@@ -350,6 +350,9 @@ def optimize(
         },
         directory=artifact_directory,
     )
-    folder = artifact_directory or registry.artifact_dir
-    path = folder / f"optimized_delegation_v{manifest.version}.json"
-    return OptimizationResult(base=base, optimized=optimized, manifest=manifest, path=path)
+    saved_to = (
+        str(artifact_directory / program_filename(manifest.version))
+        if artifact_directory is not None
+        else f"version {manifest.version} in {registry.describe()}"
+    )
+    return OptimizationResult(base=base, optimized=optimized, manifest=manifest, saved_to=saved_to)

@@ -1,12 +1,15 @@
-"""Versioned DSPy program artifacts and the champion pointer.
+"""Versioned DSPy program artifacts and the champion pointer, in the store's database.
 
-- ``optimized_delegation_v{N}.json``: the program, DSPy state-only JSON (never pickle).
-- ``optimized_delegation_v{N}.manifest.json``: version, SHA-256, data hashes, scores, status...
-
-Versions shipped with the code live in ``delegation/learning/artifacts/`` (read-only, committed); versions
-written at run time go to ``ARTIFACT_DIR`` (default ``data/artifacts``), never overwriting one.
-The champion pointer and status changes live in ``ARTIFACT_DIR/registry.json``, replaced
-atomically, so promoting or rolling back never touches the git tree.
+- Versions shipped with the code live in ``delegation/learning/artifacts/`` as files (read-only,
+  committed): ``optimized_delegation_v{N}.json`` (DSPy state-only JSON, never pickle) and
+  ``optimized_delegation_v{N}.manifest.json`` (version, SHA-256, data hashes, scores, status...).
+- Versions written at run time (the optimizer, the monthly re-optimization) are rows of the
+  store's database (``DATABASE_URL``, else the SQLite file under the data folder): the same
+  program JSON and manifest, immutable once inserted, so every worker host sees them.
+- The champion pointer, the previous champions and status changes are one row with a
+  revision; promote, rollback and status changes lock it for their transaction and are
+  audited (who, host, champion before and after, outcome). Workers poll the revision on each
+  decision and load a new champion without a restart.
 """
 
 from __future__ import annotations
@@ -14,23 +17,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from delegation.core.settings import Settings
 from delegation.deciders.calibration import Calibration
-from delegation.deciders.dspy_decider import LoadedProgram, find_forbidden_lm_keys, load_program
+from delegation.deciders.dspy_decider import LoadedProgram, find_forbidden_lm_keys, load_program, load_program_state
 from delegation.deciders.errors import ProgramLoadError
+from delegation.store.artifacts import ArtifactAuditRow, ArtifactStore, StateChange
+from delegation.store.database import Database, database_for, operator_name
 from delegation.store.files import atomic_write_text, sha256_of, write_atomically
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "artifacts"
+# Who the monthly re-optimization's promotions and rejections are audited as.
+REOPTIMIZATION_ACTOR = "reoptimization"
 Status = Literal["candidate", "champion", "retired", "rejected"]
 _NAME = re.compile(r"^optimized_delegation_v(\d+)\.json$")
 
@@ -40,6 +47,17 @@ class RegistryError(ProgramLoadError):
 
     A ``ProgramLoadError``: the serving side (``ChampionProgram``) keeps its last good program on it.
     """
+
+
+class RegistryConflict(RegistryError):
+    """A change was refused on the state it found under the lock (audited); the message says why."""
+
+
+class _Any:
+    """The type of ``ANY_CHAMPION``: promote whatever the current champion is."""
+
+
+ANY_CHAMPION: Final = _Any()
 
 
 class Manifest(BaseModel):
@@ -91,218 +109,292 @@ def manifest_filename(version: int) -> str:
 class ArtifactRegistry:
     """Lists, verifies, writes and promotes program versions."""
 
-    def __init__(self, artifact_dir: Path, builtin_dir: Path = BUILTIN_DIR) -> None:
-        self.artifact_dir = artifact_dir
+    def __init__(self, database: Database, builtin_dir: Path = BUILTIN_DIR) -> None:
+        self.store = ArtifactStore(database)
         self.builtin_dir = builtin_dir
-        self.state_path = artifact_dir / "registry.json"
-        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        """Where run-time versions and the pointer are kept."""
+        return self.store.database.describe()
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def _locate(self, version: int) -> Path | None:
-        for folder in (self.artifact_dir, self.builtin_dir):
-            path = folder / program_filename(version)
-            if path.is_file():
-                return path
-        return None
+    def _builtin(self) -> dict[int, Path]:
+        found: dict[int, Path] = {}
+        if self.builtin_dir.is_dir():
+            for path in self.builtin_dir.iterdir():
+                match = _NAME.match(path.name)
+                if match:
+                    found[int(match.group(1))] = path
+        return found
 
     def versions(self) -> list[int]:
-        """Every version with a program file, ascending."""
-        found: set[int] = set()
-        for folder in (self.builtin_dir, self.artifact_dir):
-            if folder.is_dir():
-                for path in folder.iterdir():
-                    match = _NAME.match(path.name)
-                    if match:
-                        found.add(int(match.group(1)))
-        return sorted(found)
+        """Every version (shipped and run-time), ascending."""
+        return sorted(set(self._builtin()) | set(self.store.version_numbers()))
 
-    def _state(self) -> _RegistryState:
-        try:
-            return _RegistryState.model_validate_json(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return _RegistryState()
-        except (ValidationError, OSError) as err:
-            raise RegistryError(f"registry state {self.state_path} is unreadable: {err}") from None
-
-    def manifest(self, version: int) -> Manifest:
-        """The manifest, with the status in force (state file over the manifest's own)."""
-        path = self._locate(version)
+    def _source(self, version: int) -> tuple[str, bytes, str]:
+        """Where a version is, its program bytes and its manifest text; run-time rows before shipped files."""
+        stored = self.store.read_version(version)
+        if stored is not None:
+            return f"version {version} in {self.describe()}", stored.program_json.encode("utf-8"), stored.manifest_json
+        path = self._builtin().get(version)
         if path is None:
             raise RegistryError(f"no artifact version {version} (known: {self.versions()})")
         manifest_path = path.with_name(manifest_filename(version))
         try:
-            manifest = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+            return path.name, path.read_bytes(), manifest_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise RegistryError(f"artifact version {version} has no manifest {manifest_path}") from None
+
+    def _state(self) -> _RegistryState:
+        return _parse_state(self.store.read_pointer().state_json, self.describe())
+
+    def manifest(self, version: int) -> Manifest:
+        """The manifest, with the status in force (the registry state over the manifest's own)."""
+        where, _, text = self._source(version)
+        try:
+            manifest = Manifest.model_validate_json(text)
         except ValidationError as err:
-            raise RegistryError(f"manifest {manifest_path} is invalid: {err.error_count()} problem(s)") from None
+            raise RegistryError(f"manifest of {where} is invalid: {err.error_count()} problem(s)") from None
         change = self._state().statuses.get(version)
         if change is not None:
             manifest = manifest.model_copy(update={"status": change.status, "status_reason": change.reason})
         return manifest
 
     def champion(self) -> int | None:
-        """The current champion: the state file's pointer, else the newest built-in champion."""
+        """The current champion: the pointer, else the newest shipped version whose manifest says champion."""
         state = self._state()
-        if state.champion is not None:
-            return state.champion
+        return state.champion if state.champion is not None else self._shipped_champion()
+
+    def _shipped_champion(self) -> int | None:
         shipped = []
-        for version in self.versions():
-            path = self._locate(version)
-            if path is not None and path.parent == self.builtin_dir:
-                try:
-                    if self.manifest(version).status == "champion":
-                        shipped.append(version)
-                except RegistryError:
-                    continue
+        for version in self._builtin():
+            try:
+                if self.manifest(version).status == "champion":
+                    shipped.append(version)
+            except RegistryError:
+                continue
         return max(shipped) if shipped else None
 
-    def pointer_stamp(self) -> tuple[int, int] | None:
-        """Changes whenever the champion pointer is rewritten (cheap to poll)."""
-        try:
-            stat = self.state_path.stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_mtime_ns, stat.st_ino
+    def pointer_stamp(self) -> int:
+        """Changes whenever the pointer changes (one primary-key read, cheap to poll per decision)."""
+        return self.store.revision()
 
-    def verify(self, version: int) -> tuple[Path, Manifest]:
-        """Refuse a missing, hash-mismatched or incompatible artifact; return its path and manifest."""
+    def verify(self, version: int) -> tuple[bytes, Manifest]:
+        """Refuse a missing, hash-mismatched or incompatible artifact; return its program bytes and manifest."""
         from delegation.deciders.dspy_program import DelegationSignature
 
-        path = self._locate(version)
-        if path is None:
-            raise RegistryError(f"artifact version {version} is missing")
+        where, content, _ = self._source(version)
         manifest = self.manifest(version)
         if manifest.version != version:
-            raise RegistryError(f"manifest of {path.name} says version {manifest.version}")
-        content = path.read_bytes()
+            raise RegistryError(f"manifest of {where} says version {manifest.version}")
         digest = sha256_of(content)
         if digest != manifest.sha256:
-            raise RegistryError(f"{path.name} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…")
+            raise RegistryError(f"{where} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…")
         try:
             forbidden = find_forbidden_lm_keys(json.loads(content))
         except json.JSONDecodeError:
-            raise RegistryError(f"{path.name} is not valid JSON") from None
+            raise RegistryError(f"{where} is not valid JSON") from None
         if forbidden:
-            raise RegistryError(f"{path.name} tries to set LM settings at {forbidden}: refusing it")
+            raise RegistryError(f"{where} tries to set LM settings at {forbidden}: refusing it")
         expected = list(DelegationSignature.fields)
         if manifest.signature_fields != expected:
-            raise RegistryError(
-                f"{path.name} was built for fields {manifest.signature_fields}, this code has {expected}"
-            )
-        return path, manifest
+            raise RegistryError(f"{where} was built for fields {manifest.signature_fields}, this code has {expected}")
+        return content, manifest
 
     def load(self, version: int) -> LoadedProgram:
         """Verify and load a version; the loaded program reports ``optimized_delegation_v{N}``."""
-        path, manifest = self.verify(version)
+        content, manifest = self.verify(version)
         try:
-            return load_program(path, manifest.calibration)
+            return load_program_state(
+                content.decode("utf-8"), program_filename(version).removesuffix(".json"), manifest.calibration
+            )
         except ProgramLoadError as err:
             raise RegistryError(str(err)) from None
 
+    def history(self, limit: int | None = None) -> list[ArtifactAuditRow]:
+        """Every attempted change of the pointer, oldest first (the last ``limit`` when given)."""
+        return self.store.history(limit)
+
     # ---- writing ------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked_state(self) -> Iterator[_RegistryState]:
-        with self._lock:
-            state = self._state()
-            yield state
-            atomic_write_text(self.state_path, state.model_dump_json(indent=2) + "\n")
-
-    def next_version(self) -> int:
-        versions = self.versions()
-        return (versions[-1] + 1) if versions else 1
-
-    def writable_folder(self, directory: Path | None = None) -> Path:
-        """The folder a new version goes to; refuses any other than ARTIFACT_DIR or the built-in one."""
-        folder = directory or self.artifact_dir
-        if folder.resolve() not in (self.artifact_dir.resolve(), self.builtin_dir.resolve()):
-            raise RegistryError(f"versions are written to {self.artifact_dir} or {self.builtin_dir}, not {folder}")
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise RegistryError(f"{folder} is not writable")
-        return folder
+    def check_destination(self, directory: Path | None = None) -> None:
+        """Refuse a destination other than the store (None) or the shipped folder, before any work."""
+        if directory is None:
+            return
+        if directory.resolve() != self.builtin_dir.resolve():
+            raise RegistryError(
+                f"versions are written to {self.describe()}, or shipped to {self.builtin_dir}; not to {directory}"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise RegistryError(f"{directory} is not writable")
 
     def write_version(
         self, program: Any, manifest_fields: dict[str, Any], *, directory: Path | None = None
     ) -> Manifest:
         """Save a program as a new version with its manifest; nothing is left behind if any step fails.
 
-        Versions are never overwritten: the program file is created exclusively.
+        Into the store by default; ``directory`` = the shipped folder writes the two files that
+        ship with the code instead. Versions are never overwritten.
         """
-        folder = self.writable_folder(directory)
-        with self._lock:
-            version = self.next_version()
-            target = folder / program_filename(version)
-            manifest_path = folder / manifest_filename(version)
-            content = _servable_state(program, folder)
-            manifest = Manifest.model_validate(
+        self.check_destination(directory)
+        content = _servable_state(program)
+        floor = max(self._builtin(), default=0)
+
+        def manifest_for(version: int) -> Manifest:
+            return Manifest.model_validate(
                 {**manifest_fields, "version": version, "sha256": sha256_of(content), "created_at": datetime.now(UTC)}
             )
-            try:
-                write_atomically(target, lambda handle: handle.write(content), exclusive=True)
-            except FileExistsError:
-                raise RegistryError(f"{target} already exists; versions are never overwritten") from None
-            try:
-                atomic_write_text(manifest_path, manifest.model_dump_json(indent=2) + "\n")
-            except BaseException:
-                target.unlink(missing_ok=True)
-                raise
-        logger.info("wrote artifact version {} to {}", version, target)
-        return manifest
 
-    def set_status(self, version: int, status: Status, reason: str) -> None:
+        if directory is not None:
+            manifest = manifest_for(max(self.versions(), default=0) + 1)
+            _ship(directory, content, manifest)
+            return manifest
+        stored = self.store.insert_version(
+            floor,
+            lambda version: (content.decode("utf-8"), manifest_for(version).model_dump_json(indent=2) + "\n"),
+        )
+        logger.info("wrote artifact version {} to {}", stored.version, self.describe())
+        return Manifest.model_validate_json(stored.manifest_json)
+
+    def set_status(self, version: int, status: Status, reason: str, *, who: str = "") -> None:
         """Record a status change (candidate, retired, rejected) without touching the artifact."""
         self.manifest(version)
-        with self._locked_state() as state:
-            state.statuses[version] = _StatusChange(status=status, reason=reason, changed_at=datetime.now(UTC))
 
-    def promote(self, version: int, reason: str = "promoted by operator") -> None:
-        """Make a verified version the champion; the previous one is retired and remembered for rollback."""
+        def decide(state: _RegistryState, champion: int | None) -> str | None:
+            state.statuses[version] = _StatusChange(status=status, reason=reason, changed_at=datetime.now(UTC))
+            return None
+
+        self._change(f"status v{version} {status}", decide, who=who, reason=reason)
+
+    def promote(
+        self,
+        version: int,
+        reason: str = "promoted by operator",
+        *,
+        who: str = "",
+        expect_champion: int | _Any | None = ANY_CHAMPION,
+    ) -> None:
+        """Make a verified version the champion; the previous one is retired and remembered for rollback.
+
+        ``expect_champion``: promote only if the champion is still that version (the one the
+        challenger was compared with); otherwise refuse, audited, with ``RegistryConflict``.
+        """
         self.load(version)
-        previous = self.champion()
-        if previous == version:
-            raise RegistryError(f"version {version} is already the champion")
-        with self._locked_state() as state:
+
+        def decide(state: _RegistryState, champion: int | None) -> str | None:
+            if expect_champion is not ANY_CHAMPION and champion != expect_champion:
+                return (
+                    f"refused: the champion is now version {champion}, not version {expect_champion} "
+                    f"that version {version} was compared with"
+                )
+            if champion == version:
+                return f"refused: version {version} is already the champion"
             now = datetime.now(UTC)
-            if previous is not None:
-                state.history.append(previous)
-                state.statuses[previous] = _StatusChange(
+            if champion is not None:
+                state.history.append(champion)
+                state.statuses[champion] = _StatusChange(
                     status="retired", reason=f"replaced by version {version}", changed_at=now
                 )
             state.champion = version
             state.statuses[version] = _StatusChange(status="champion", reason=reason, changed_at=now)
+            return None
 
-    def rollback(self, reason: str = "rolled back by operator") -> int:
+        self._change(f"promote v{version}", decide, who=who, reason=reason)
+
+    def rollback(self, reason: str = "rolled back by operator", *, who: str = "") -> int:
         """Make the previous champion current again; the rolled-back version is marked rejected."""
-        state = self._state()
-        current = self.champion()
-        history = [v for v in state.history if v != current]
-        if not history:
-            raise RegistryError("no previous champion to roll back to")
-        target = history[-1]
-        self.load(target)
-        with self._locked_state() as state:
+        target = self._rollback_target(self._state(), self.champion())
+        if target is not None:
+            self.load(target)  # refuse a broken previous champion before taking the lock
+
+        def decide(state: _RegistryState, champion: int | None) -> str | None:
+            previous = self._rollback_target(state, champion)
+            if previous is None:
+                return "refused: no previous champion to roll back to"
+            if previous != target:
+                return f"refused: the history changed while rolling back (now to version {previous}): run it again"
             now = datetime.now(UTC)
-            state.history = [v for v in state.history if v != current][:-1]
-            if current is not None:
-                state.statuses[current] = _StatusChange(status="rejected", reason=reason, changed_at=now)
-            state.champion = target
-            state.statuses[target] = _StatusChange(
-                status="champion", reason=f"restored by rollback from version {current}", changed_at=now
+            state.history = [v for v in state.history if v != champion][:-1]
+            if champion is not None:
+                state.statuses[champion] = _StatusChange(status="rejected", reason=reason, changed_at=now)
+            state.champion = previous
+            state.statuses[previous] = _StatusChange(
+                status="champion", reason=f"restored by rollback from version {champion}", changed_at=now
             )
+            return None
+
+        self._change("rollback", decide, who=who, reason=reason)
+        assert target is not None  # a change with no target was refused above
         return target
 
+    @staticmethod
+    def _rollback_target(state: _RegistryState, champion: int | None) -> int | None:
+        history = [v for v in state.history if v != champion]
+        return history[-1] if history else None
 
-def _servable_state(program: Any, folder: Path) -> bytes:
-    """The program's saved state, refused now if serving would refuse it later."""
-    fd, name = tempfile.mkstemp(prefix=".program-", suffix=".json", dir=folder)
-    os.close(fd)
-    path = Path(name)
+    def _change(
+        self,
+        action: str,
+        decide: Callable[[_RegistryState, int | None], str | None],
+        *,
+        who: str,
+        reason: str,
+    ) -> ArtifactAuditRow:
+        """Apply ``decide`` (which edits the state, or returns why it refuses) under the pointer's lock."""
+        where = self.describe()
+        shipped = self._shipped_champion()
+
+        def on_state(state_json: str | None) -> StateChange:
+            state = _parse_state(state_json, where)
+            before = state.champion if state.champion is not None else shipped
+            refusal = decide(state, before)
+            if refusal is not None:
+                return StateChange(None, before, before, refusal, reason)
+            return StateChange(state.model_dump_json(), before, state.champion, "applied", reason)
+
+        audit = self.store.change_pointer(
+            on_state, who=who or operator_name(), host=socket.gethostname(), action=action
+        )
+        if audit.outcome != "applied":
+            raise RegistryConflict(audit.outcome.removeprefix("refused: "))
+        return audit
+
+
+def registry_for(settings: Settings) -> ArtifactRegistry:
+    """The registry in the configured store (``DATABASE_URL``, else the SQLite file under the data folder)."""
+    return ArtifactRegistry(database_for(settings))
+
+
+def _parse_state(state_json: str | None, where: str) -> _RegistryState:
+    if state_json is None:
+        return _RegistryState()
     try:
+        return _RegistryState.model_validate_json(state_json)
+    except ValidationError as err:
+        raise RegistryError(f"registry state in {where} is unreadable: {err.error_count()} problem(s)") from None
+
+
+def _ship(directory: Path, content: bytes, manifest: Manifest) -> None:
+    """Write a version's two files into the shipped folder; the program file is created exclusively."""
+    target = directory / program_filename(manifest.version)
+    try:
+        write_atomically(target, lambda handle: handle.write(content), exclusive=True)
+    except FileExistsError:
+        raise RegistryError(f"{target} already exists; versions are never overwritten") from None
+    try:
+        atomic_write_text(directory / manifest_filename(manifest.version), manifest.model_dump_json(indent=2) + "\n")
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    logger.info("shipped artifact version {} to {}", manifest.version, target)
+
+
+def _servable_state(program: Any) -> bytes:
+    """The program's saved state, refused now if serving would refuse it later."""
+    with tempfile.TemporaryDirectory(prefix="delegation-program-") as folder:
+        path = Path(folder) / "program.json"
         program.save(str(path))  # dspy writes to a path, not a stream
         load_program(path)
         return path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)

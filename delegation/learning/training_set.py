@@ -1,34 +1,29 @@
-"""The versioned, append-only training set grown from failed decisions.
-
-Files under ``<ARTIFACT_DIR>/training_sets``:
+"""The versioned, append-only training set grown from failed decisions, in the store's database.
 
 - version 0 is implicit: the train split of the shipped dataset (``DEFAULT_DATASET``);
-- ``train_v{N}.jsonl`` (N >= 1): the whole training set of version N, in the dataset format;
-- ``train_v{N}.manifest.json``: its SHA-256, parent version, run key, added ids, counts...
+- version N >= 1 is one row of ``training_sets``: the whole training set of version N as JSONL
+  in the dataset format, and its manifest (SHA-256, parent version, run key, added ids, counts...).
+  The row lives where the rest of the store does (``DATABASE_URL``, else the SQLite file), so
+  every worker host sees the same versions.
 
-A training set file is **train-only by construction**: every line in it is a training
+A training set version is **train-only by construction**: every line in it is a training
 example, whatever ``split_of(id)`` says about the id (an ``fb-...`` id may hash to "dev").
-Read it with :meth:`TrainingSetStore.load`, never with ``load_examples(path, split="train")``,
+Read it with :meth:`TrainingSetStore.load`, never through ``load_examples(..., split="train")``,
 which would re-split it and silently drop feedback examples. Dev and test stay the shipped
 dataset's splits; new examples never go there, and a new example whose text is already in
 any split is skipped, so nothing the challenger trains on is scored on.
 
-The manifest is the commit marker: the data file is written first, then the manifest is
-created exclusively. A data file without a manifest (a crash between the two) is not a
-version: it is ignored and replaced by the next write. Versions with a manifest are never
-rewritten.
+The row's insert is the commit (both parts or nothing). Two runs that compute the same next
+version race on its number: the loser writes nothing and recomputes on the winner's version.
+Versions are never rewritten.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import re
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -43,16 +38,16 @@ from delegation.learning.dataset import (
     DEFAULT_DATASET,
     DatasetError,
     LabeledExample,
-    check_files,
+    check_text,
     load_examples,
     text_keys,  # the checker's own text key, so what dedup lets in the checker accepts
 )
-from delegation.store.files import atomic_write_text, sha256_of, write_atomically
+from delegation.store.database import Database
+from delegation.store.files import sha256_of
+from delegation.store.training_sets import TrainingSetRows
 
 FEEDBACK_ID_PREFIX = "fb-"
-_DATA_NAME = re.compile(r"^train_v(\d+)\.jsonl$")
-_MANIFEST_NAME = re.compile(r"^train_v(\d+)\.manifest\.json$")
-_TEMP_PREFIX = ".train_v"  # what atomic_write_text and _create_exclusive name their temp files
+_MAX_ATTEMPTS = 5
 
 
 class TrainingSetError(ValueError):
@@ -155,12 +150,9 @@ def redact(text: str) -> tuple[str, int]:
 # ---- the store ----------------------------------------------------------------------------------
 
 
-def data_filename(version: int) -> str:
-    return f"train_v{version}.jsonl"
-
-
-def manifest_filename(version: int) -> str:
-    return f"train_v{version}.manifest.json"
+def version_name(version: int) -> str:
+    """How messages and results name a stored version."""
+    return f"training set version {version}"
 
 
 def _serialize(examples: Sequence[LabeledExample]) -> str:
@@ -170,48 +162,32 @@ def _serialize(examples: Sequence[LabeledExample]) -> str:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    # So the data file's rename is on disk before the manifest that commits it.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _create_exclusive(path: Path, text: str) -> None:
-    """Write ``path`` whole or not at all, and fail with FileExistsError rather than replace it."""
-    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")), exclusive=True)
-
-
 class TrainingSetStore:
-    """Reads, verifies and extends the training set versions in ``directory``."""
+    """Reads, verifies and extends the training set versions in the store's database."""
 
-    def __init__(self, directory: Path, base_dataset: Path = DEFAULT_DATASET) -> None:
-        self.directory = directory
+    def __init__(self, database: Database, base_dataset: Path = DEFAULT_DATASET) -> None:
+        self.rows = TrainingSetRows(database)
         self.base_dataset = base_dataset
-        self._lock = threading.Lock()
+
+    def _where(self, version: int) -> str:
+        return f"{version_name(version)} in {self.rows.database.describe()}"
 
     # ---- reading --------------------------------------------------------------------------------
 
     def manifests(self) -> dict[int, TrainingSetManifest]:
-        """Every committed version (one with a manifest) and its manifest."""
+        """Every version and its manifest, ascending."""
         found: dict[int, TrainingSetManifest] = {}
-        if not self.directory.is_dir():
-            return found
-        for path in self.directory.iterdir():
-            match = _MANIFEST_NAME.match(path.name)
-            if match is None:
-                continue
-            version = int(match.group(1))
+        for version, text in self.rows.manifests():
             try:
-                manifest = TrainingSetManifest.model_validate_json(path.read_text(encoding="utf-8"))
-            except (ValidationError, OSError) as err:
-                raise TrainingSetError(f"training set manifest {path} is unreadable: {err}") from None
+                manifest = TrainingSetManifest.model_validate_json(text)
+            except ValidationError as err:
+                raise TrainingSetError(
+                    f"the manifest of {self._where(version)} is unreadable: {err.error_count()} problem(s)"
+                ) from None
             if manifest.version != version:
-                raise TrainingSetError(f"training set manifest {path} says version {manifest.version}")
+                raise TrainingSetError(f"the manifest of {self._where(version)} says version {manifest.version}")
             found[version] = manifest
-        return dict(sorted(found.items()))
+        return found
 
     def latest(self) -> TrainingSetResult:
         """The newest committed version; version 0 (the shipped train split) when none was written."""
@@ -229,25 +205,22 @@ class TrainingSetStore:
             return self._base_train()
         manifest = self.manifests().get(version)
         if manifest is None:
-            raise TrainingSetError(
-                f"no training set version {version} in {self.directory} (known: {sorted(self.manifests())})"
-            )
+            raise TrainingSetError(f"no {self._where(version)} (known: {sorted(self.manifests())})")
         return self._load_verified(manifest)
 
     def _load_verified(self, manifest: TrainingSetManifest) -> list[LabeledExample]:
-        path = self.directory / data_filename(manifest.version)
-        try:
-            digest = sha256_of(path.read_bytes())
-        except OSError as err:
-            raise TrainingSetError(f"training set file {path} cannot be read ({err.strerror})") from None
+        where = self._where(manifest.version)
+        text = self.rows.examples(manifest.version)
+        if text is None:
+            raise TrainingSetError(f"{where} has no examples")
+        digest = sha256_of(text.encode("utf-8"))
         if digest != manifest.sha256:
             raise TrainingSetError(
-                f"training set file {path} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…: "
-                "refusing it"
+                f"{where} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…: refusing it"
             )
-        examples, problems = check_files([path])
+        examples, problems = check_text(text, version_name(manifest.version))
         if problems:
-            raise TrainingSetError(f"training set file {path} is invalid: " + "; ".join(problems[:5]))
+            raise TrainingSetError(f"{where} is invalid: " + "; ".join(problems[:5]))
         return examples
 
     def _base_train(self) -> list[LabeledExample]:
@@ -267,7 +240,7 @@ class TrainingSetStore:
     def _result(self, manifest: TrainingSetManifest) -> TrainingSetResult:
         return TrainingSetResult(
             version=manifest.version,
-            path=str(self.directory / data_filename(manifest.version)),
+            path=self._where(manifest.version),
             sha256=manifest.sha256,
             train_size=manifest.train_size,
             added=len(manifest.added),
@@ -276,17 +249,6 @@ class TrainingSetStore:
         )
 
     # ---- writing --------------------------------------------------------------------------------
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        # The thread lock for this process, the file lock for other workers on the same volume.
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.directory / ".lock", "a+") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def extend(self, run_key: str, failed: Iterable[tuple[str, DelegationRequest, str]]) -> TrainingSetResult:
         """Append the failed decisions as new examples and write the next version; idempotent per ``run_key``.
@@ -298,89 +260,99 @@ class TrainingSetStore:
         version is written and the latest one is returned with ``added=0``.
         """
         items = list(failed)
-        with self._locked():
-            self._sweep_temp_files()
-            manifests = self.manifests()
-            for manifest in manifests.values():
-                if manifest.run_key == run_key:
-                    logger.info("training set version {} already written for run {}", manifest.version, run_key)
-                    return self._result(manifest)
-            parent = max(manifests) if manifests else 0
+        for _ in range(_MAX_ATTEMPTS):
+            result = self._extend_once(run_key, items)
+            if result is not None:
+                return result
+            logger.info("another run wrote the next training set version first; recomputing run {}", run_key)
+        raise TrainingSetError(
+            f"the training set changed {_MAX_ATTEMPTS} times while run {run_key} was extending it; nothing written"
+        )
 
-            base_bytes = self.base_dataset.read_bytes()
-            try:
-                base_all = load_examples(self.base_dataset)
-            except DatasetError as err:
-                raise TrainingSetError(str(err)) from None
-            seen_keys = {key for example in base_all for key in text_keys(example)}
-            seen_ids = {example.id for example in base_all}
+    def _extend_once(self, run_key: str, items: list[tuple[str, DelegationRequest, str]]) -> TrainingSetResult | None:
+        """One attempt on the latest version; None when another writer committed the next version first."""
+        manifests = self.manifests()
+        for manifest in manifests.values():
+            if manifest.run_key == run_key:
+                logger.info("training set version {} already written for run {}", manifest.version, run_key)
+                return self._result(manifest)
+        parent = max(manifests) if manifests else 0
 
-            carried = [e for e in base_all if e.split == "train"]
-            parent_examples = self._load_verified(manifests[parent]) if parent else []
-            dropped: list[str] = []
-            # Feedback examples are carried over on the current base: if the shipped dataset changed
-            # since the parent and now holds one's text (say in dev), it must leave the training set.
-            feedback_ids = {i for m in manifests.values() if m.version <= parent for i in m.added}
-            for example in parent_examples:
-                if example.id not in feedback_ids:
-                    continue
-                keys = text_keys(example)
-                if example.id in seen_ids or seen_keys.intersection(keys):
-                    dropped.append(example.id)
-                    continue
-                carried.append(example)
-                seen_keys.update(keys)
-                seen_ids.add(example.id)
+        base_bytes = self.base_dataset.read_bytes()
+        try:
+            base_all = load_examples(self.base_dataset)
+        except DatasetError as err:
+            raise TrainingSetError(str(err)) from None
+        seen_keys = {key for example in base_all for key in text_keys(example)}
+        seen_ids = {example.id for example in base_all}
 
-            added: list[LabeledExample] = []
-            duplicates = invalid = redactions = 0
-            for source_id, request, label in items:
-                new, count = self._to_example(source_id, request, label)
-                if new is None:
-                    invalid += 1
-                    continue
-                # Raw keys too: a dev text holding a phone number must not come back redacted.
-                raw = new.model_copy(update={"title": request.title, "description": request.description})
-                new_keys = set(text_keys(new)) | set(text_keys(raw))
-                if new.id in seen_ids or seen_keys.intersection(new_keys):
-                    duplicates += 1
-                    continue
-                added.append(new)
-                seen_keys.update(new_keys)
-                seen_ids.add(new.id)
-                redactions += count
+        carried = [e for e in base_all if e.split == "train"]
+        parent_examples = self._load_verified(manifests[parent]) if parent else []
+        dropped: list[str] = []
+        # Feedback examples are carried over on the current base: if the shipped dataset changed
+        # since the parent and now holds one's text (say in dev), it must leave the training set.
+        feedback_ids = {i for m in manifests.values() if m.version <= parent for i in m.added}
+        for example in parent_examples:
+            if example.id not in feedback_ids:
+                continue
+            keys = text_keys(example)
+            if example.id in seen_ids or seen_keys.intersection(keys):
+                dropped.append(example.id)
+                continue
+            carried.append(example)
+            seen_keys.update(keys)
+            seen_ids.add(example.id)
 
-            examples = carried + added
-            text = _serialize(examples)
-            digest = sha256_of(text.encode("utf-8"))
-            parent_sha = manifests[parent].sha256 if parent else None
-            unchanged = digest == parent_sha or (parent == 0 and not added)
-            if unchanged:
-                logger.info(
-                    "training set unchanged for run {}: {} new example(s) were duplicates, {} invalid",
-                    run_key,
-                    duplicates,
-                    invalid,
-                )
-                current = self._result(manifests[parent]) if parent else self._base_result()
-                return current.model_copy(update={"added": 0, "duplicates": duplicates, "redactions": 0})
+        added: list[LabeledExample] = []
+        duplicates = invalid = redactions = 0
+        for source_id, request, label in items:
+            new, count = self._to_example(source_id, request, label)
+            if new is None:
+                invalid += 1
+                continue
+            # Raw keys too: a dev text holding a phone number must not come back redacted.
+            raw = new.model_copy(update={"title": request.title, "description": request.description})
+            new_keys = set(text_keys(new)) | set(text_keys(raw))
+            if new.id in seen_ids or seen_keys.intersection(new_keys):
+                duplicates += 1
+                continue
+            added.append(new)
+            seen_keys.update(new_keys)
+            seen_ids.add(new.id)
+            redactions += count
 
-            version = parent + 1
-            manifest = TrainingSetManifest(
-                version=version,
-                sha256=digest,
-                created_at=datetime.now(UTC),
-                parent_version=parent,
-                run_key=run_key,
-                base_dataset_sha256=sha256_of(base_bytes),
-                train_size=len(examples),
-                added=[e.id for e in added],
-                duplicates=duplicates,
-                invalid=invalid,
-                dropped=dropped,
-                redactions=redactions,
+        examples = carried + added
+        text = _serialize(examples)
+        digest = sha256_of(text.encode("utf-8"))
+        parent_sha = manifests[parent].sha256 if parent else None
+        unchanged = digest == parent_sha or (parent == 0 and not added)
+        if unchanged:
+            logger.info(
+                "training set unchanged for run {}: {} new example(s) were duplicates, {} invalid",
+                run_key,
+                duplicates,
+                invalid,
             )
-            self._commit(manifest, text)
+            current = self._result(manifests[parent]) if parent else self._base_result()
+            return current.model_copy(update={"added": 0, "duplicates": duplicates, "redactions": 0})
+
+        version = parent + 1
+        manifest = TrainingSetManifest(
+            version=version,
+            sha256=digest,
+            created_at=datetime.now(UTC),
+            parent_version=parent,
+            run_key=run_key,
+            base_dataset_sha256=sha256_of(base_bytes),
+            train_size=len(examples),
+            added=[e.id for e in added],
+            duplicates=duplicates,
+            invalid=invalid,
+            dropped=dropped,
+            redactions=redactions,
+        )
+        if not self.rows.insert(version, manifest.model_dump_json(indent=2) + "\n", text):
+            return None
         logger.info(
             "wrote training set version {} for run {}: {} examples, {} added, {} duplicates, {} invalid, "
             "{} dropped, {} redactions",
@@ -416,24 +388,3 @@ class TrainingSetStore:
             logger.warning("skipping failed decision {}: {!r} is not one of its candidates", source_id, label)
             return None, 0
         return example, title_count + description_count
-
-    def _commit(self, manifest: TrainingSetManifest, text: str) -> None:
-        data_path = self.directory / data_filename(manifest.version)
-        manifest_path = self.directory / manifest_filename(manifest.version)
-        if manifest_path.exists():  # cannot happen under the lock; never replace a committed version
-            raise TrainingSetError(f"{manifest_path} already exists; versions are never overwritten")
-        if data_path.exists():
-            logger.warning("replacing {}: a write that crashed before its manifest left it", data_path)
-        atomic_write_text(data_path, text)
-        _fsync_dir(self.directory)
-        try:
-            _create_exclusive(manifest_path, manifest.model_dump_json(indent=2) + "\n")
-        except FileExistsError:
-            raise TrainingSetError(f"{manifest_path} already exists; versions are never overwritten") from None
-        _fsync_dir(self.directory)
-
-    def _sweep_temp_files(self) -> None:
-        # Under the lock no write is in progress, so any temp file is a crashed write's leftover.
-        for path in self.directory.iterdir():
-            if path.name.startswith(_TEMP_PREFIX):
-                path.unlink(missing_ok=True)

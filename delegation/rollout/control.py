@@ -10,7 +10,6 @@ flags file and appends a JSON line to the audit log.
 
 from __future__ import annotations
 
-import getpass
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -58,15 +57,6 @@ class AuditEntry(BaseModel):
             from_version=row.from_version,
             to_version=row.to_version,
         )
-
-
-def operator_name() -> str:
-    """``user@host`` of the person running the command (no secrets, no environment dump)."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 class RolloutControl:

@@ -14,7 +14,9 @@ would add a second schema language for five tables; the list below is the whole 
 
 from __future__ import annotations
 
+import getpass
 import re
+import socket
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -82,6 +84,15 @@ class Database(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def operator_name() -> str:
+    """``user@host`` of the process making a change, for audit rows (no secrets, no environment dump)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def iso_utc(moment: datetime) -> str:
@@ -298,6 +309,11 @@ def database_for(settings: Settings) -> Database:
     """The configured database: ``DATABASE_URL``, else the SQLite file under the data folder."""
     url = settings.database_url.get_secret_value() if settings.database_url is not None else None
     return open_database(url, settings.decision_db_path)
+
+
+def store_exists(settings: Settings) -> bool:
+    """Whether the configured store is there to read: a ``DATABASE_URL``, or the SQLite file already made."""
+    return settings.database_url is not None or settings.decision_db_path.exists()
 
 
 def open_database(url: str | None, sqlite_path: Path, *, schema: str | None = None) -> Database:

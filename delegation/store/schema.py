@@ -86,8 +86,61 @@ FLAGS_V3_POSTGRESQL = (
     + _AUDIT_COLUMNS
 )
 
+# The artifact registry (run-time program versions, the champion pointer with a revision, its
+# audit trail) and the training-set versions: small documents, so the rows hold them whole.
+_ARTIFACTS_COMMON = """
+CREATE TABLE IF NOT EXISTS artifact_versions (
+    version INTEGER PRIMARY KEY,
+    program_json TEXT NOT NULL,
+    manifest_json TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifact_pointer (
+    name TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    state_json TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS training_sets (
+    version INTEGER PRIMARY KEY,
+    manifest_json TEXT NOT NULL,
+    examples_jsonl TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+"""
+_ARTIFACT_AUDIT_COLUMNS = """
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    host TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    from_champion INTEGER,
+    to_champion INTEGER,
+    from_revision INTEGER,
+    to_revision INTEGER,
+    reason TEXT NOT NULL
+)
+"""
+ARTIFACTS_V4_SQLITE = (
+    _ARTIFACTS_COMMON
+    + "CREATE TABLE IF NOT EXISTS artifact_audit (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    + _ARTIFACT_AUDIT_COLUMNS
+)
+ARTIFACTS_V4_POSTGRESQL = (
+    _ARTIFACTS_COMMON
+    + "CREATE TABLE IF NOT EXISTS artifact_audit (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+    + _ARTIFACT_AUDIT_COLUMNS
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "decisions, feedback, re-optimization runs", DECISIONS_V1),
     Migration(2, "index decisions by arm and time", DECISIONS_V2),
     Migration(3, "live flags with a version, and their audit trail", FLAGS_V3_SQLITE, postgresql=FLAGS_V3_POSTGRESQL),
+    Migration(
+        4,
+        "artifact registry (versions, champion pointer, audit) and training-set versions",
+        ARTIFACTS_V4_SQLITE,
+        postgresql=ARTIFACTS_V4_POSTGRESQL,
+    ),
 )

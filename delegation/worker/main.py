@@ -27,7 +27,7 @@ from delegation.deciders.protocol import Decider
 from delegation.rollout.control import RolloutControl
 from delegation.rollout.flags import FeatureFlagProvider, provider_for
 from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
-from delegation.store.database import database_for
+from delegation.store.database import Database, database_for
 from delegation.store.decisions import DecisionStore
 from delegation.workflows.client import connect
 from delegation.workflows.delegation import DelegationWorkflow
@@ -67,7 +67,7 @@ def configure_logging(level: str = "INFO") -> None:
     logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} | {level:<7} | {name} | {message}")
 
 
-def program_source(settings: Settings) -> ProgramSource:
+def program_source(settings: Settings, database: Database) -> ProgramSource:
     """``DSPY_PROGRAM_PATH`` pins one program file; otherwise the registry's champion, followed live."""
     from delegation.deciders.champion import ChampionProgram
     from delegation.deciders.dspy_decider import load_program
@@ -75,7 +75,7 @@ def program_source(settings: Settings) -> ProgramSource:
 
     if settings.dspy_program_path is not None:
         return load_program(settings.dspy_program_path)
-    return ChampionProgram(ArtifactRegistry(settings.artifact_dir))
+    return ChampionProgram(ArtifactRegistry(database))
 
 
 def build_dependencies(settings: Settings) -> WorkerDependencies:
@@ -91,10 +91,10 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
     endpoint = resolve_endpoint(settings)
     logger.info("LLM endpoint: {} model {} ({})", endpoint.base_url, endpoint.model, endpoint.provider)
     lm = build_dspy_lm(endpoint)
-    source = program_source(settings)
-    logger.info("DSPy program version {}", source.current.version)
     database = database_for(settings)
     logger.info("store: {}", database.describe())
+    source = program_source(settings, database)
+    logger.info("DSPy program version {}", source.current.version)
     store = DecisionStore(database, settings.decision_log_path)
     return WorkerDependencies(
         endpoint=endpoint,
@@ -107,8 +107,8 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
         guardrail_limits=guardrail_limits(settings),
         reoptimization=ReoptimizationActivities(
             store=store,
-            registry=ArtifactRegistry(settings.artifact_dir),
-            training_sets=TrainingSetStore(settings.artifact_dir / "training_sets", DEFAULT_DATASET),
+            registry=ArtifactRegistry(database),
+            training_sets=TrainingSetStore(database, DEFAULT_DATASET),
             lm=lm,
             endpoint=endpoint,
             dataset=DEFAULT_DATASET,

@@ -111,8 +111,8 @@ async def test_reoptimization_promotes_a_better_challenger_then_rejects_a_tie_th
 ) -> None:
     store = DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
     (tmp_path / "no-builtin").mkdir()
-    registry = ArtifactRegistry(tmp_path / "artifacts", builtin_dir=tmp_path / "no-builtin")
-    training_sets = TrainingSetStore(tmp_path / "artifacts" / "training_sets", small_dataset)
+    registry = ArtifactRegistry(store.database, builtin_dir=tmp_path / "no-builtin")
+    training_sets = TrainingSetStore(store.database, small_dataset)
     with ScriptedOpenAI(demo_aware(labels_for(small_dataset))) as server:
         endpoint = endpoint_for(server.base_url)
         activities = ReoptimizationActivities(
@@ -141,7 +141,7 @@ async def test_reoptimization_promotes_a_better_challenger_then_rejects_a_tie_th
             manifest = registry.manifest(1)
             assert manifest.status == "champion" and manifest.optimizer_params["run_key"] == report.run_key
             assert manifest.optimizer_params["training_set_version"] == 1
-            written = Path(report.training_set.path).read_text()
+            written = training_sets.rows.examples(report.training_set.version) or ""
             assert "dana.w@example.org" not in written and "7946" not in written and "[email]" in written
             assert memo["outcome"] == "promoted" and memo["new_version"] == 1
             assert memo["progress"].startswith("done: promoted")
@@ -171,7 +171,7 @@ async def test_review_lists_fallbacks_and_low_confidence_without_training_on_the
 
     store = DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
     (tmp_path / "no-builtin").mkdir()
-    registry = ArtifactRegistry(tmp_path / "artifacts", builtin_dir=tmp_path / "no-builtin")
+    registry = ArtifactRegistry(store.database, builtin_dir=tmp_path / "no-builtin")
     fallback = DelegationRequest(task_id="t-fallback", title="Book the offsite venue")
     unsure = DelegationRequest(task_id="t-unsure", title="Look into the odd invoice")
     sure = DelegationRequest(task_id="t-sure", title="Summarize the notes")
@@ -191,7 +191,7 @@ async def test_review_lists_fallbacks_and_low_confidence_without_training_on_the
         activities = ReoptimizationActivities(
             store=store,
             registry=registry,
-            training_sets=TrainingSetStore(tmp_path / "artifacts" / "training_sets", small_dataset),
+            training_sets=TrainingSetStore(store.database, small_dataset),
             lm=build_dspy_lm(endpoint),
             endpoint=endpoint,
             dataset=small_dataset,

@@ -49,8 +49,8 @@ def _dependencies(tmp_path: Path) -> WorkerDependencies:
         flags=FeatureFlagProvider(tmp_path / "flags.json", tmp_path / "no.env"),
         reoptimization=ReoptimizationActivities(
             store=store,
-            registry=ArtifactRegistry(tmp_path / "artifacts"),
-            training_sets=TrainingSetStore(tmp_path / "artifacts" / "training_sets", DEFAULT_DATASET),
+            registry=ArtifactRegistry(store.database),
+            training_sets=TrainingSetStore(store.database, DEFAULT_DATASET),
             lm=lm,
             endpoint=endpoint,
             dataset=DEFAULT_DATASET,

@@ -17,27 +17,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
-import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.workflows.client import start_delegation
-from tests.support.postgres import drop_schema
 from tests.support.scripted_openai import ScriptedOpenAI, routing_answer
-
-
-@pytest.fixture
-def shared_database_url(postgres_server_url: str) -> Iterator[str]:
-    """A schema of this test's own, as a URL every process can use (``search_path`` in the options)."""
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    separator = "&" if "?" in postgres_server_url else "?"
-    try:
-        yield f"{postgres_server_url}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        drop_schema(postgres_server_url, schema)
 
 
 def _env(base: dict[str, str], **values: str) -> dict[str, str]:

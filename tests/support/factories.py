@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
 from delegation.core.models import Assignee, DecisionRecord, DelegationRequest
 from delegation.deciders.endpoint import LLMEndpoint
 from delegation.deciders.label_first import AnswerConstraint
+
+if TYPE_CHECKING:
+    from delegation.learning.registry import ArtifactRegistry
 
 TEST_API_KEY = "sk-test-do-not-leak-4f9c2e"
 
@@ -67,3 +71,11 @@ def decision_record(request: DelegationRequest, **fields: Any) -> DecisionRecord
         "decided_at": datetime.now(UTC),
     }
     return DecisionRecord(**{**values, **fields})
+
+
+def sqlite_registry(folder: Path, builtin_dir: Path | None = None) -> ArtifactRegistry:
+    """A registry in a SQLite store of its own under ``folder`` (the shipped folder unless ``builtin_dir``)."""
+    from delegation.learning.registry import BUILTIN_DIR, ArtifactRegistry
+    from delegation.store.database import SQLiteDatabase
+
+    return ArtifactRegistry(SQLiteDatabase(folder / "store.sqlite3"), builtin_dir=builtin_dir or BUILTIN_DIR)

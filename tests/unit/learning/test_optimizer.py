@@ -21,7 +21,7 @@ from delegation.learning.optimizer import (
     to_dspy_example,
 )
 from delegation.learning.registry import ArtifactRegistry
-from tests.support.factories import CUSTOM_TEAM, endpoint_for
+from tests.support.factories import CUSTOM_TEAM, endpoint_for, sqlite_registry
 from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 TRAIN = [
@@ -123,7 +123,7 @@ def test_compile_with_the_same_seed_gives_the_same_demos() -> None:
 
 
 def test_unknown_optimizer_is_refused(tmp_path: Path) -> None:
-    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     with _scripted(TRAIN + DEV) as server, pytest.raises(OptimizationError, match="unknown optimizer"):
         _optimize(server, registry, OptimizerConfig("genetic", max_demos=3, seed=7))
     assert server.requests == [] and registry.versions() == []
@@ -167,7 +167,7 @@ def test_drawn_demos_cover_every_assignee_steering_and_custom_lists(count: int) 
 
 
 def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) -> None:
-    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     with _scripted(TRAIN + DEV) as server:
         result = _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7))
     assert len(server.requests) == 2 * len(DEV)  # both programs on every dev example
@@ -191,7 +191,7 @@ def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) ->
     assert manifest.signature_fields == list(DelegationSignature.fields)
     assert manifest.parent_version is None
 
-    assert result.path == registry.artifact_dir / "optimized_delegation_v1.json" and result.path.is_file()
+    assert result.saved_to == f"version 1 in {registry.describe()}"
     assert registry.manifest(1) == manifest
     loaded = registry.load(1)
     assert loaded.version == "optimized_delegation_v1" and len(loaded.program.route.demos) == 2
@@ -199,7 +199,7 @@ def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) ->
 
 
 def test_demo_search_keeps_the_best_set_on_dev_and_records_what_it_tried(tmp_path: Path) -> None:
-    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     with _scripted(POOL + DEV, wrong={"d-1": "self"}) as server:
         result = _optimize(
             server, registry, OptimizerConfig("demo-search", max_demos=8, seed=7, sets_per_count=2), train=POOL
@@ -214,7 +214,7 @@ def test_demo_search_keeps_the_best_set_on_dev_and_records_what_it_tried(tmp_pat
 
 
 def test_optimize_records_the_champion_as_parent(tmp_path: Path) -> None:
-    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     with _scripted(TRAIN + DEV) as server:
         _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7))
         registry.promote(1)
@@ -227,19 +227,18 @@ def test_optimize_records_the_champion_as_parent(tmp_path: Path) -> None:
 def test_optimize_without_examples_writes_nothing(
     tmp_path: Path, train: list[LabeledExample], dev: list[LabeledExample]
 ) -> None:
-    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     with _scripted(TRAIN + DEV) as server, pytest.raises(OptimizationError, match="need train and dev examples"):
         _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7), train=train, dev=dev)
     assert registry.versions() == []
-    assert not registry.artifact_dir.exists() or list(registry.artifact_dir.iterdir()) == []
     assert server.requests == []
 
 
 def test_a_folder_outside_the_registry_is_refused_before_any_llm_call(tmp_path: Path) -> None:
     from delegation.learning.registry import RegistryError
 
-    registry = ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
-    with _scripted(TRAIN + DEV) as server, pytest.raises(RegistryError, match="versions are written to"):
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
+    with _scripted(TRAIN + DEV) as server, pytest.raises(RegistryError, match="or shipped to"):
         _optimize(
             server,
             registry,

@@ -1,4 +1,4 @@
-"""The artifact registry: versioned writes, verification, the champion pointer, and hot-swapping."""
+"""The artifact registry on both store backends: versioned writes, verification, the champion pointer, hot-swapping."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from delegation.deciders.champion import ChampionProgram
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature
 from delegation.learning.registry import (
+    REOPTIMIZATION_ACTOR,
     ArtifactRegistry,
     Manifest,
+    RegistryConflict,
     RegistryError,
-    manifest_filename,
     program_filename,
 )
+from delegation.store.database import Database
 from tests.support.factories import endpoint_for, request
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -64,8 +66,32 @@ def _program(with_demo: bool = False) -> DelegationDecider:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> ArtifactRegistry:
-    return ArtifactRegistry(artifact_dir=tmp_path / "artifacts", builtin_dir=tmp_path / "builtin")
+def registry(database: Database, tmp_path: Path) -> ArtifactRegistry:
+    """A registry on each backend, with a shipped folder of its own."""
+    return ArtifactRegistry(database, builtin_dir=tmp_path / "builtin")
+
+
+def _row(registry: ArtifactRegistry, version: int) -> tuple[str, str]:
+    with registry.store.database.transaction() as tx:
+        row = tx.fetchone("SELECT program_json, manifest_json FROM artifact_versions WHERE version = ?", (version,))
+    assert row is not None
+    return row[0], row[1]
+
+
+def _tamper(
+    registry: ArtifactRegistry, version: int, *, program: str | None = None, manifest: str | None = None
+) -> None:
+    """Edit a stored version behind the registry's back (what a bad hand-edit of the database does)."""
+    old_program, old_manifest = _row(registry, version)
+    with registry.store.database.transaction() as tx:
+        tx.execute(
+            "UPDATE artifact_versions SET program_json = ?, manifest_json = ? WHERE version = ?",
+            (
+                program if program is not None else old_program,
+                manifest if manifest is not None else old_manifest,
+                version,
+            ),
+        )
 
 
 def _write_builtin(registry: ArtifactRegistry, status: str = "champion") -> int:
@@ -74,10 +100,9 @@ def _write_builtin(registry: ArtifactRegistry, status: str = "champion") -> int:
 
 
 def _rewrite_manifest(registry: ArtifactRegistry, version: int, **changes: Any) -> None:
-    path = registry.artifact_dir / manifest_filename(version)
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = json.loads(_row(registry, version)[1])
     raw.update(changes)
-    path.write_text(json.dumps(raw), encoding="utf-8")
+    _tamper(registry, version, manifest=json.dumps(raw))
 
 
 def _folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -87,16 +112,17 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
 # ---- writing ------------------------------------------------------------------------------------
 
 
-def test_write_version_creates_program_and_manifest_with_matching_hash(registry: ArtifactRegistry) -> None:
+def test_write_version_stores_program_and_manifest_with_matching_hash(
+    registry: ArtifactRegistry, tmp_path: Path
+) -> None:
     manifest = registry.write_version(_program(with_demo=True), _fields(status="candidate"))
 
-    program_path = registry.artifact_dir / "optimized_delegation_v1.json"
-    manifest_path = registry.artifact_dir / "optimized_delegation_v1.manifest.json"
-    assert program_path.is_file() and manifest_path.is_file()
+    program_json, manifest_json = _row(registry, 1)
     assert manifest.version == 1
-    assert manifest.sha256 == hashlib.sha256(program_path.read_bytes()).hexdigest()
-    on_disk = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
+    assert manifest.sha256 == hashlib.sha256(program_json.encode("utf-8")).hexdigest()
+    on_disk = Manifest.model_validate_json(manifest_json)
     assert on_disk == manifest
+    assert not (tmp_path / "builtin").exists()  # run-time versions never touch the shipped folder
     assert on_disk.status == "candidate"
     assert on_disk.status_reason == "written by a test"
     assert registry.versions() == [1]
@@ -109,31 +135,42 @@ def test_write_version_creates_program_and_manifest_with_matching_hash(registry:
 
 def test_second_write_is_v2_and_never_touches_v1(registry: ArtifactRegistry) -> None:
     registry.write_version(_program(), _fields())
-    v1_program = (registry.artifact_dir / program_filename(1)).read_bytes()
-    v1_manifest = (registry.artifact_dir / manifest_filename(1)).read_bytes()
+    v1 = _row(registry, 1)
 
     second = registry.write_version(_program(with_demo=True), _fields(status="champion"))
 
     assert second.version == 2
-    assert (registry.artifact_dir / program_filename(2)).is_file()
-    assert (registry.artifact_dir / program_filename(1)).read_bytes() == v1_program
-    assert (registry.artifact_dir / manifest_filename(1)).read_bytes() == v1_manifest
+    assert _row(registry, 1) == v1
     assert registry.versions() == [1, 2]
     assert registry.manifest(1).status == "candidate"
     assert registry.manifest(2).status == "champion"
 
 
-def test_next_version_counts_builtin_and_written_versions(registry: ArtifactRegistry) -> None:
-    assert registry.next_version() == 1
+def test_version_numbers_count_shipped_and_stored_versions(registry: ArtifactRegistry) -> None:
     _write_builtin(registry)
     _write_builtin(registry)
-    assert registry.next_version() == 3
+    assert sorted(p.name for p in registry.builtin_dir.iterdir()) == [
+        "optimized_delegation_v1.json",
+        "optimized_delegation_v1.manifest.json",
+        "optimized_delegation_v2.json",
+        "optimized_delegation_v2.manifest.json",
+    ]
     written = registry.write_version(_program(), _fields())
     assert written.version == 3
-    assert (registry.artifact_dir / program_filename(3)).is_file()
+    assert registry.store.version_numbers() == [3]
     assert not (registry.builtin_dir / program_filename(3)).exists()
     assert registry.versions() == [1, 2, 3]
-    assert registry.next_version() == 4
+
+
+def test_concurrent_writers_get_distinct_versions(database: Database, tmp_path: Path) -> None:
+    """Two registries (two hosts) writing at once: every version number once, every program kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    registries = [ArtifactRegistry(database, builtin_dir=tmp_path / "builtin") for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        written = list(pool.map(lambda r: r.write_version(_program(), _fields()).version, registries * 2))
+    assert sorted(written) == list(range(1, 9))
+    assert registries[0].versions() == list(range(1, 9))
 
 
 def test_failed_write_leaves_nothing_behind(registry: ArtifactRegistry) -> None:
@@ -141,19 +178,25 @@ def test_failed_write_leaves_nothing_behind(registry: ArtifactRegistry) -> None:
     del fields["optimizer"]
     with pytest.raises(ValidationError, match="optimizer"):
         registry.write_version(_program(with_demo=True), fields)
-
-    assert registry.artifact_dir.is_dir()
-    assert list(registry.artifact_dir.iterdir()) == []  # no program, no manifest, no temp file
     assert registry.versions() == []
-    assert registry.next_version() == 1
 
 
 def test_failed_write_after_a_good_one_keeps_the_good_one_only(registry: ArtifactRegistry) -> None:
     registry.write_version(_program(), _fields())
-    before = _folder_bytes(registry.artifact_dir)
+    before = _row(registry, 1)
     with pytest.raises(ValidationError):
         registry.write_version(_program(), _fields(status="shipped"))  # not a Status
-    assert _folder_bytes(registry.artifact_dir) == before
+    assert registry.versions() == [1]
+    assert _row(registry, 1) == before
+
+
+def test_writing_elsewhere_than_the_store_or_the_shipped_folder_is_refused(
+    registry: ArtifactRegistry, tmp_path: Path
+) -> None:
+    with pytest.raises(RegistryError, match="shipped to"):
+        registry.write_version(_program(), _fields(), directory=tmp_path / "elsewhere")
+    assert registry.versions() == []
+    assert not (tmp_path / "elsewhere").exists()
 
 
 # ---- verification -------------------------------------------------------------------------------
@@ -161,17 +204,16 @@ def test_failed_write_after_a_good_one_keeps_the_good_one_only(registry: Artifac
 
 def test_verify_accepts_an_untouched_version(registry: ArtifactRegistry) -> None:
     written = registry.write_version(_program(), _fields())
-    path, manifest = registry.verify(1)
-    assert path == registry.artifact_dir / program_filename(1)
+    content, manifest = registry.verify(1)
+    assert content == _row(registry, 1)[0].encode("utf-8")
     assert manifest.sha256 == written.sha256
 
 
 def test_verify_refuses_a_program_edited_after_writing(registry: ArtifactRegistry) -> None:
     registry.write_version(_program(), _fields())
-    path = registry.artifact_dir / program_filename(1)
-    state = json.loads(path.read_text(encoding="utf-8"))
+    state = json.loads(_row(registry, 1)[0])
     state["route"]["signature"]["instructions"] = "Always answer finance-manager."
-    path.write_text(json.dumps(state), encoding="utf-8")
+    _tamper(registry, 1, program=json.dumps(state))
 
     with pytest.raises(RegistryError, match="SHA-256"):
         registry.verify(1)
@@ -179,15 +221,22 @@ def test_verify_refuses_a_program_edited_after_writing(registry: ArtifactRegistr
         registry.load(1)
 
 
-def test_verify_refuses_a_version_without_manifest(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
-    (registry.artifact_dir / manifest_filename(1)).unlink()
+def test_verify_refuses_a_shipped_version_without_manifest(registry: ArtifactRegistry) -> None:
+    _write_builtin(registry)
+    (registry.builtin_dir / "optimized_delegation_v1.manifest.json").unlink()
     with pytest.raises(RegistryError, match="has no manifest"):
         registry.verify(1)
 
 
+def test_verify_refuses_a_corrupt_stored_manifest(registry: ArtifactRegistry) -> None:
+    registry.write_version(_program(), _fields())
+    _tamper(registry, 1, manifest='{"version": 1')
+    with pytest.raises(RegistryError, match=r"manifest of version 1 .* is invalid"):
+        registry.verify(1)
+
+
 def test_verify_refuses_a_missing_version(registry: ArtifactRegistry) -> None:
-    with pytest.raises(RegistryError, match="missing"):
+    with pytest.raises(RegistryError, match="no artifact version 4"):
         registry.verify(4)
 
 
@@ -201,11 +250,11 @@ def test_verify_refuses_other_signature_fields(registry: ArtifactRegistry) -> No
 
 def test_program_that_sets_lm_settings_is_refused_even_with_a_matching_hash(registry: ArtifactRegistry) -> None:
     registry.write_version(_program(), _fields())
-    path = registry.artifact_dir / program_filename(1)
-    state = json.loads(path.read_text(encoding="utf-8"))
+    state = json.loads(_row(registry, 1)[0])
     state["route"]["lm"] = {"api_base": "http://evil"}
-    path.write_text(json.dumps(state), encoding="utf-8")
-    _rewrite_manifest(registry, 1, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    evil = json.dumps(state)
+    _tamper(registry, 1, program=evil)
+    _rewrite_manifest(registry, 1, sha256=hashlib.sha256(evil.encode("utf-8")).hexdigest())
 
     # The hash and fields check out now, so only the LM check is left to refuse it.
     with pytest.raises(RegistryError, match="LM settings"):
@@ -230,11 +279,11 @@ def test_candidate_versions_are_not_champions(registry: ArtifactRegistry) -> Non
     assert registry.champion() is None
 
 
-def test_builtin_champion_serves_without_a_state_file(registry: ArtifactRegistry) -> None:
+def test_builtin_champion_serves_without_a_pointer(registry: ArtifactRegistry) -> None:
     version = _write_builtin(registry)
     assert version == 1
     assert registry.champion() == 1
-    assert not registry.state_path.exists()
+    assert registry.pointer_stamp() == 0  # never written
 
 
 def test_promote_switches_champion_and_retires_the_builtin_one(registry: ArtifactRegistry) -> None:
@@ -248,10 +297,12 @@ def test_promote_switches_champion_and_retires_the_builtin_one(registry: Artifac
     assert registry.manifest(2).status == "champion"
     assert registry.manifest(2).status_reason == "better on dev"
     assert registry.manifest(1).status == "retired"
-    assert registry.state_path.parent == registry.artifact_dir
-    assert registry.state_path.is_file()
+    assert registry.pointer_stamp() == 1
     assert _folder_bytes(registry.builtin_dir) == builtin_before
-    assert not (registry.builtin_dir / "registry.json").exists()
+    [entry] = registry.history()
+    assert (entry.action, entry.outcome, entry.from_champion, entry.to_champion) == ("promote v2", "applied", 1, 2)
+    assert (entry.from_revision, entry.to_revision, entry.reason) == (0, 1, "better on dev")
+    assert entry.host and "@" in entry.who
 
 
 def test_promoting_the_current_champion_is_refused(registry: ArtifactRegistry) -> None:
@@ -262,6 +313,31 @@ def test_promoting_the_current_champion_is_refused(registry: ArtifactRegistry) -
     registry.promote(2)
     with pytest.raises(RegistryError, match="already the champion"):
         registry.promote(2)
+    assert [e.outcome for e in registry.history()] == [
+        "refused: version 1 is already the champion",
+        "applied",
+        "refused: version 2 is already the champion",
+    ]
+    assert registry.pointer_stamp() == 1  # refusals change nothing
+
+
+def test_conditional_promotion_is_refused_when_the_champion_changed(registry: ArtifactRegistry) -> None:
+    """The re-optimization's promotion: only over the champion its challenger was scored against."""
+    _write_builtin(registry)
+    registry.write_version(_program(), _fields())  # v2, promoted by an operator meanwhile
+    registry.write_version(_program(with_demo=True), _fields())  # v3, scored against v1
+    registry.promote(2, who="ops@host")
+
+    with pytest.raises(RegistryConflict, match="champion is now version 2, not version 1"):
+        registry.promote(3, who=REOPTIMIZATION_ACTOR, expect_champion=1)
+
+    assert registry.champion() == 2
+    assert registry.manifest(3).status == "candidate"
+    last = registry.history()[-1]
+    assert (last.who, last.action, last.from_champion, last.to_champion) == (REOPTIMIZATION_ACTOR, "promote v3", 2, 2)
+    assert last.outcome.startswith("refused: the champion is now version 2") and last.to_revision is None
+    registry.promote(3, who=REOPTIMIZATION_ACTOR, expect_champion=2)
+    assert registry.champion() == 3
 
 
 def test_rollback_restores_previous_champion_and_rejects_the_current(registry: ArtifactRegistry) -> None:
@@ -335,8 +411,7 @@ def test_champion_program_keeps_the_last_good_program_when_the_new_one_is_corrup
 
     registry.write_version(_program(), _fields())
     registry.promote(2)  # verified and loaded while still intact...
-    path = registry.artifact_dir / program_filename(2)
-    path.write_bytes(path.read_bytes()[:-20])  # ...then corrupted (truncated)
+    _tamper(registry, 2, program=_row(registry, 2)[0][:-20])  # ...then corrupted (truncated)
     assert registry.champion() == 2
 
     current = source.current  # must not raise

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from delegation.deciders.champion import ChampionProgram
-from delegation.learning.registry import BUILTIN_DIR, ArtifactRegistry, RegistryError
+from delegation.learning.registry import BUILTIN_DIR, RegistryError
+from tests.support.factories import sqlite_registry
 
 
 def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:
-    registry = ArtifactRegistry(tmp_path / "artifacts")  # no run-time state: what a fresh clone sees
+    registry = sqlite_registry(tmp_path)  # no run-time state: what a fresh clone sees
     assert registry.champion() == 2
     manifest = registry.manifest(2)
     assert manifest.status == "champion"
@@ -29,7 +30,7 @@ def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:
 
 
 def test_version_1_is_retired_history_and_refused_with_its_reason(tmp_path: Path) -> None:
-    registry = ArtifactRegistry(tmp_path / "artifacts")
+    registry = sqlite_registry(tmp_path)
     assert registry.manifest(1).status == "retired"
     with pytest.raises(RegistryError, match=r"was built for fields .*'confidence', 'reasoning'"):
         registry.load(1)
@@ -37,7 +38,7 @@ def test_version_1_is_retired_history_and_refused_with_its_reason(tmp_path: Path
 
 def test_promoting_at_run_time_leaves_the_shipped_files_untouched(tmp_path: Path) -> None:
     before = {p.name: p.read_bytes() for p in BUILTIN_DIR.iterdir() if p.is_file()}
-    registry = ArtifactRegistry(tmp_path / "artifacts")
+    registry = sqlite_registry(tmp_path)
     registry.write_version(
         registry.load(2).program,
         {

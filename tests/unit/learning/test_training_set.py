@@ -1,4 +1,4 @@
-"""The versioned training set: redaction, dedup against every split, versions, retries and crashes."""
+"""The versioned training set on both store backends: redaction, dedup against every split, versions, retries, races."""
 
 from __future__ import annotations
 
@@ -12,17 +12,15 @@ from typing import Any
 import pytest
 
 from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
-from delegation.learning.dataset import DEFAULT_DATASET, check_files, load_examples, split_of
+from delegation.learning.dataset import DEFAULT_DATASET, check_text, load_examples, split_of
 from delegation.learning.training_set import (
     FailedExample,
     TrainingSetError,
     TrainingSetStore,
-    data_filename,
     example_id_for,
-    manifest_filename,
     redact,
 )
-from tests.support.store_queries import orphan_training_files
+from delegation.store.database import Database
 
 BASE_TRAIN = load_examples(DEFAULT_DATASET, split="train")
 OWN_TEAM = [
@@ -51,8 +49,23 @@ def _ids_in(split: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> TrainingSetStore:
-    return TrainingSetStore(tmp_path / "training_sets")
+def store(database: Database) -> TrainingSetStore:
+    return TrainingSetStore(database)
+
+
+def _stored(store: TrainingSetStore, version: int) -> tuple[dict[str, Any], str]:
+    """A version's manifest and examples as the row holds them."""
+    with store.rows.database.transaction() as tx:
+        row = tx.fetchone("SELECT manifest_json, examples_jsonl FROM training_sets WHERE version = ?", (version,))
+    assert row is not None, f"no row for version {version}"
+    return json.loads(row[0]), row[1]
+
+
+def _overwrite(store: TrainingSetStore, version: int, column: str, value: str) -> None:
+    """Edit a stored version behind the store's back (a bad hand-edit of the database)."""
+    assert column in ("manifest_json", "examples_jsonl")
+    with store.rows.database.transaction() as tx:
+        tx.execute(f"UPDATE training_sets SET {column} = ? WHERE version = ?", (value, version))
 
 
 # ---- redaction ----------------------------------------------------------------------------------
@@ -124,13 +137,14 @@ def test_versions_grow_by_appending_and_files_pass_the_dataset_check(store: Trai
     assert [a.id for a in added.assignees or []] == ["self", "logistics"]
     assert store.latest() == second
 
-    manifest = json.loads((store.directory / manifest_filename(2)).read_text())
+    manifest, _ = _stored(store, 2)
     assert manifest["parent_version"] == 1
     assert manifest["run_key"] == "run-2"
     assert manifest["added"] == [added.id]
-    # Each file on its own passes the dataset checker (ids unique, no text shared across splits).
+    assert second.path == f"training set version 2 in {store.rows.database.describe()}"
+    # Each version on its own passes the dataset checker (ids unique, no text shared across splits).
     for version in (1, 2):
-        examples, problems = check_files([store.directory / data_filename(version)])
+        examples, problems = check_text(_stored(store, version)[1], f"v{version}")
         assert problems == []
         assert len(examples) == len(store.load(version))
 
@@ -139,7 +153,7 @@ def test_written_lines_follow_the_dataset_format_and_hold_no_personal_data(store
     store.extend(
         "run-1", [_failed(1, title="Call back Dana on +1 415-555-0132", description="Her mail: dana@corp.example")]
     )
-    text = (store.directory / data_filename(1)).read_text()
+    _, text = _stored(store, 1)
     assert "415-555-0132" not in text and "dana@corp.example" not in text
     line = json.loads(text.splitlines()[-1])
     assert line["title"] == "Call back Dana on [phone]"
@@ -183,7 +197,7 @@ def test_duplicates_within_the_batch_and_against_earlier_versions_are_skipped(st
     assert (second.version, second.added, second.duplicates) == (2, 1, 1)
 
 
-def test_a_dev_text_holding_a_phone_number_is_not_let_back_in_redacted(tmp_path: Path) -> None:
+def test_a_dev_text_holding_a_phone_number_is_not_let_back_in_redacted(tmp_path: Path, database: Database) -> None:
     dev_id, train_id = next(_ids_in("dev")), next(_ids_in("train"))
     base = tmp_path / "base.jsonl"
     rows = [
@@ -191,7 +205,7 @@ def test_a_dev_text_holding_a_phone_number_is_not_let_back_in_redacted(tmp_path:
         {"id": train_id, "title": "Book the venue for the offsite", "label": "people-ops"},
     ]
     base.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = TrainingSetStore(tmp_path / "sets", base_dataset=base)
+    store = TrainingSetStore(database, base_dataset=base)
     result = store.extend("run-1", [_failed(1, title=rows[0]["title"], label="people-ops")])
     assert (result.version, result.added, result.duplicates) == (0, 0, 1)
 
@@ -199,11 +213,11 @@ def test_a_dev_text_holding_a_phone_number_is_not_let_back_in_redacted(tmp_path:
 def test_a_label_outside_the_candidates_is_skipped(store: TrainingSetStore) -> None:
     result = store.extend("run-1", [_failed(1, label="nobody"), _failed(2)])
     assert (result.added, result.duplicates) == (1, 0)
-    manifest = json.loads((store.directory / manifest_filename(1)).read_text())
+    manifest, _ = _stored(store, 1)
     assert manifest["invalid"] == 1
 
 
-# ---- retries, no-ops, tampering and crashes -----------------------------------------------------
+# ---- retries, no-ops, tampering and races -------------------------------------------------------
 
 
 def test_a_retried_run_returns_the_version_it_wrote(store: TrainingSetStore) -> None:
@@ -211,14 +225,14 @@ def test_a_retried_run_returns_the_version_it_wrote(store: TrainingSetStore) -> 
     store.extend("run-2", [_failed(2)])
     again = store.extend("run-1", [_failed(1), _failed(3)])
     assert again == first
-    assert sorted(p.name for p in store.directory.glob("train_v*.jsonl")) == ["train_v1.jsonl", "train_v2.jsonl"]
+    assert sorted(store.manifests()) == [1, 2]
 
 
 def test_nothing_new_writes_no_version(store: TrainingSetStore) -> None:
     nothing = store.extend("run-0", [_failed(1, title=BASE_TRAIN[0].title)])
     assert (nothing.version, nothing.added, nothing.duplicates) == (0, 0, 1)
     assert store.extend("run-1", []).version == 0
-    assert list(store.directory.glob("train_v*")) == []
+    assert store.manifests() == {}
 
     first = store.extend("run-2", [_failed(1)])
     same = store.extend("run-3", [_failed(1)])
@@ -226,57 +240,34 @@ def test_nothing_new_writes_no_version(store: TrainingSetStore) -> None:
     assert sorted(store.manifests()) == [1]
 
 
-def test_a_tampered_file_is_refused(store: TrainingSetStore) -> None:
+def test_a_tampered_version_is_refused(store: TrainingSetStore) -> None:
     store.extend("run-1", [_failed(1)])
-    path = store.directory / data_filename(1)
-    path.write_text(path.read_text().replace("supplier", "vendor"))
-    with pytest.raises(TrainingSetError, match=r"train_v1\.jsonl.*SHA-256"):
+    _overwrite(store, 1, "examples_jsonl", _stored(store, 1)[1].replace("supplier", "vendor"))
+    with pytest.raises(TrainingSetError, match=r"training set version 1 in .*SHA-256"):
         store.load(1)
-    with pytest.raises(TrainingSetError, match=r"train_v1\.jsonl"):
+    with pytest.raises(TrainingSetError, match=r"training set version 1 in"):
         store.extend("run-2", [_failed(2)])  # nothing is built on a tampered parent
+    assert sorted(store.manifests()) == [1]
 
 
-def test_a_version_without_manifest_is_ignored_and_replaced(store: TrainingSetStore) -> None:
-    store.directory.mkdir(parents=True)
-    orphan = store.directory / data_filename(1)
-    orphan.write_text('{"id": "half-writ')
-    (store.directory / ".train_v1.jsonl.abc123").write_text("stale temp")
-    assert store.latest().version == 0
-    assert orphan_training_files(store) == [orphan]
-    with pytest.raises(TrainingSetError, match="no training set version 1"):
-        store.load(1)
-
-    result = store.extend("run-1", [_failed(1)])
-    assert (result.version, result.added) == (1, 1)
-    assert store.load(1)[-1].id == example_id_for("delegation-task-1:run-1")
-    assert orphan_training_files(store) == []
-    assert not (store.directory / ".train_v1.jsonl.abc123").exists()
+def test_an_unreadable_manifest_is_refused_with_its_version(store: TrainingSetStore) -> None:
+    store.extend("run-1", [_failed(1)])
+    _overwrite(store, 1, "manifest_json", '{"version": 1, "sha256":')
+    with pytest.raises(TrainingSetError, match=r"manifest of training set version 1 in .* is unreadable"):
+        store.latest()
 
 
-def test_a_crash_before_the_manifest_leaves_no_version(
-    store: TrainingSetStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import delegation.learning.training_set as module
-
-    def crash(path: Path, text: str) -> None:
-        raise OSError("disk full")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(module, "_create_exclusive", crash)
-        with pytest.raises(OSError, match="disk full"):
-            store.extend("run-1", [_failed(1)])
-    assert (store.directory / data_filename(1)).exists()
-    assert store.latest().version == 0
-    retried = store.extend("run-1", [_failed(1)])
-    assert (retried.version, retried.added) == (1, 1)
+def test_a_missing_version_is_named(store: TrainingSetStore) -> None:
+    with pytest.raises(TrainingSetError, match=r"no training set version 3 in .*known: \[\]"):
+        store.load(3)
 
 
-def test_a_changed_base_dataset_evicts_feedback_now_in_dev(tmp_path: Path) -> None:
+def test_a_changed_base_dataset_evicts_feedback_now_in_dev(tmp_path: Path, database: Database) -> None:
     train_ids, dev_id = _ids_in("train"), next(_ids_in("dev"))
     base = tmp_path / "base.jsonl"
     rows = [{"id": next(train_ids), "title": "Book the venue for the offsite", "label": "people-ops"}]
     base.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    store = TrainingSetStore(tmp_path / "sets", base_dataset=base)
+    store = TrainingSetStore(database, base_dataset=base)
     store.extend("run-1", [_failed(1), _failed(2)])
 
     # The shipped dataset grows: one feedback text is now a dev example.
@@ -287,7 +278,7 @@ def test_a_changed_base_dataset_evicts_feedback_now_in_dev(tmp_path: Path) -> No
     ids = [e.id for e in store.load(2)]
     assert example_id_for("delegation-task-1:run-1") not in ids
     assert example_id_for("delegation-task-2:run-2") in ids
-    manifest = json.loads((store.directory / manifest_filename(2)).read_text())
+    manifest, _ = _stored(store, 2)
     assert manifest["dropped"] == [example_id_for("delegation-task-1:run-1")]
 
 
@@ -314,11 +305,11 @@ def test_an_example_can_be_made_from_a_decision_record() -> None:
     assert failed == FailedExample("delegation-t-9:r-1", request, "it-ops-agent")
 
 
-def test_concurrent_runs_write_consecutive_versions(tmp_path: Path) -> None:
+def test_concurrent_runs_write_consecutive_versions(database: Database) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    # Separate stores: the file lock, not just the instance's thread lock, must serialize them.
-    stores = [TrainingSetStore(tmp_path / "sets") for _ in range(4)]
+    # Separate stores (as on separate hosts): the version's primary key settles who writes which.
+    stores = [TrainingSetStore(database) for _ in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda i: stores[i].extend(f"run-{i}", [_failed(i)]), range(4)))
     assert sorted(r.version for r in results) == [1, 2, 3, 4]

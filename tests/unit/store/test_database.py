@@ -91,6 +91,37 @@ def test_a_postgres_database_at_version_1_is_upgraded_with_its_rows(postgres_dat
     assert upgraded.get(record.workflow_id) == [record]
 
 
+def test_a_database_at_the_previous_schema_is_upgraded_with_its_flags_and_decisions(
+    database: Database, tmp_path: Path
+) -> None:
+    """Version 3 (flags in the store, no registry tables) to the current one: every row kept, the registry added."""
+    from delegation.learning.registry import ArtifactRegistry
+    from delegation.store.flags import FlagStore
+
+    previous = [m for m in MIGRATIONS if m.version <= 3]
+    assert database.migrate(previous) == [1, 2, 3]
+    record = _record()
+    with database.transaction() as tx:
+        tx.execute(
+            "INSERT INTO live_flags (environment, version, flags_json, updated_at, updated_by) VALUES (?,?,?,?,?)",
+            ("test", 7, '{"DSPY_ROLLOUT_PERCENTAGE": 25}', "2026-11-30T10:00:00.000000+00:00", "ops@old"),
+        )
+    old_store = DecisionStore.__new__(DecisionStore)  # a store as version 3 wrote
+    old_store.database, old_store.log_path = database, tmp_path / "d.log"
+    assert old_store.record(record, log_to_file=False) == (True, False)
+
+    registry = ArtifactRegistry(database, builtin_dir=tmp_path / "no-builtin")  # applies version 4
+    assert database.applied_versions() == ALL_VERSIONS
+    live = FlagStore(database, "test").read()
+    assert live is not None and (live.version, live.values, live.updated_by) == (
+        7,
+        {"DSPY_ROLLOUT_PERCENTAGE": 25},
+        "ops@old",
+    )
+    assert DecisionStore(database, tmp_path / "d.log").get(record.workflow_id) == [record]
+    assert registry.versions() == [] and registry.champion() is None and registry.pointer_stamp() == 0
+
+
 def test_workers_starting_together_apply_each_migration_once(
     postgres_server_url: str, postgres_database: PostgresDatabase
 ) -> None:
