@@ -34,7 +34,7 @@ console = Console()
 
 async def drill(tasks: list[LabeledExample], percentage: int, feedback_share: float, seed: int) -> None:
     settings = get_settings()
-    control = RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
+    control = RolloutControl(get_feature_flags(), settings.app_env)
     entry = control.set_percentage(percentage, who=operator_name(), reason="rollout drill")
     console.print(f"rollout: DSPy {entry.before['DSPY_ROLLOUT_PERCENTAGE']} % → {percentage} %")
     client = await connect(settings.temporal_address, settings.temporal_namespace)

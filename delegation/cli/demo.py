@@ -42,8 +42,6 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
     """Run the demo; returns the exit code (1 when any decision failed)."""
     from loguru import logger
 
-    from delegation.core.settings import env_file_for
-    from delegation.rollout.flags import FeatureFlagProvider
     from delegation.worker.main import build_dependencies, running_workers, warm_up
 
     logger.remove()
@@ -55,7 +53,7 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 300.0)
         with console.status("warming the embedded model's prompt slots (restored from disk after the first start)"):
             await warm_up(deps, on_step=lambda line: console.print(f"  {line}"))
-    flags = FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env)).read()
+    flags = deps.flags.read()
     console.print(
         f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})"
     )

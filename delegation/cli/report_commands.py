@@ -75,11 +75,16 @@ def _optimization_scores(settings: Settings) -> tuple[tuple[float, float] | None
 
 
 def _current_flags() -> CurrentFlags | None:
-    from delegation.rollout.flags import get_feature_flags
+    from delegation.core.settings import env_file_for
+    from delegation.rollout.flags import FlagsReading, flags_from_environment, get_feature_flags
     from delegation.rollout.report import CurrentFlags
 
+    settings = get_settings()
     try:
-        reading = get_feature_flags().read()
+        if store_exists(settings) or settings.flags_file.exists():
+            reading = get_feature_flags().read()
+        else:  # no live flags anywhere yet: the environment's, without creating a store to say so
+            reading = FlagsReading(flags=flags_from_environment(env_file_for(settings.app_env)))
     except ValueError:  # bad settings; the flags are context only, the report does not need them
         return None
     return CurrentFlags(

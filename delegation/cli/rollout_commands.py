@@ -30,13 +30,12 @@ LIVE_SPLIT_WINDOW = 200
 
 
 def rollout_control() -> RolloutControl:
-    """The live flags of this environment, with its audit log."""
-    settings = get_settings()
-    return RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
+    """The live flags of this environment, with their audit trail."""
+    return RolloutControl(get_feature_flags(), get_settings().app_env)
 
 
 def apply_change(change: Callable[[RolloutControl], AuditEntry]) -> AuditEntry:
-    """Make an audited flag change; a refused value exits 2 naming it, file and audit log unchanged."""
+    """Make an audited flag change; a refused value exits 2 naming it, flags and audit trail unchanged."""
     try:
         return change(rollout_control())
     except (ValidationError, FlagsFileError) as err:
@@ -101,7 +100,6 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
     status = {
         "environment": settings.app_env,
         "flags": flags.as_env(),
-        "flags_file": str(settings.flags_file),
         "flags_source": control.provider.describe(),
         "flags_error": reading.error,
         "champion_version": champion,

@@ -98,11 +98,6 @@ class Settings(BaseSettings):
         return self.feature_flags_file or self.data_dir / f"feature_flags{self._env_suffix}.json"
 
     @property
-    def rollout_audit_path(self) -> Path:
-        """Who moved the rollout, when, from what to what (JSON lines); one per environment."""
-        return self.log_dir / f"rollout_audit{self._env_suffix}.jsonl"
-
-    @property
     def _env_suffix(self) -> str:
         name = self.app_env.strip().lower()
         return "" if name in ("", "dev", "development", "local") else f".{name}"

@@ -2,24 +2,21 @@
 
 Every change goes through the live flags (which win over the environment), so it reaches
 running workers at their next decision, including workers started with the flags in their
-environment. With ``DATABASE_URL`` a change is one compare-and-set transaction on the
-database's flags row with its audit row (who, host, when, from, to, why, outcome); a
-concurrent change makes it recompute and retry, audited. Without it, the change rewrites the
-flags file and appends a JSON line to the audit log.
+environment. A change is one compare-and-set transaction on the store's flags row with its
+audit row (who, host, when, from, to, why, outcome), on SQLite as on PostgreSQL; a
+concurrent change makes it recompute and retry, audited.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from delegation.rollout.flags import FeatureFlagProvider, FeatureFlags, validated_update, write_flags_file
-from delegation.store.files import append_line
+from delegation.rollout.flags import FeatureFlagProvider, FeatureFlags, validated_update
 from delegation.store.flags import FlagAuditRow
 
 GUARDRAIL_ACTOR = "guardrail"
@@ -60,11 +57,10 @@ class AuditEntry(BaseModel):
 
 
 class RolloutControl:
-    """Moves the live flags and writes the audit log; used by the CLI and by the guardrail."""
+    """Moves the live flags with their audit rows; used by the CLI and by the guardrail."""
 
-    def __init__(self, provider: FeatureFlagProvider, audit_log: Path, environment: str) -> None:
+    def __init__(self, provider: FeatureFlagProvider, environment: str) -> None:
         self.provider = provider
-        self.audit_log = audit_log
         self.environment = environment
 
     def current(self) -> FeatureFlags:
@@ -88,38 +84,18 @@ class RolloutControl:
     def guardrail_rollback(self, reason: str) -> AuditEntry | None:
         """The guardrail's rollback, made only while DSPy still serves: None when another one got there first.
 
-        With the database the check and the write are one compare-and-set, so workers that
-        judge at the same moment roll back (and audit) once between them.
+        The check and the write are one compare-and-set, so workers that judge at the same
+        moment roll back (and audit) once between them.
         """
         updates: dict[str, Any] = {"DSPY_ROLLOUT_PERCENTAGE": 0}
-        if self.provider.store is None:
-            if self.current().dspy_rollout_percentage == 0:
-                return None
-            return self.change("rollback", updates, who=GUARDRAIL_ACTOR, reason=reason)
         return self._store_change(
             "rollback", updates, who=GUARDRAIL_ACTOR, reason=reason, only_if=lambda f: f.dspy_rollout_percentage > 0
         )
 
     def change(self, action: str, updates: dict[str, Any], *, who: str, reason: str = "") -> AuditEntry:
         """Apply ``updates`` to the live flags with the audit entry of the change."""
-        if self.provider.store is not None:
-            entry = self._store_change(action, updates, who=who, reason=reason, only_if=None)
-            assert entry is not None  # an unconditional change always applies or raises
-            return entry
-        before = self.current().as_env()
-        write_flags_file(self.provider.flags_file, updates, updated_by=who)
-        after = self.provider.read().flags.as_env()
-        entry = AuditEntry(
-            at=datetime.now(UTC),
-            who=who,
-            action=action,
-            environment=self.environment,
-            before=before,
-            after=after,
-            reason=reason,
-            host=socket.gethostname(),
-        )
-        append_line(self.audit_log, entry.model_dump_json())
+        entry = self._store_change(action, updates, who=who, reason=reason, only_if=None)
+        assert entry is not None  # an unconditional change always applies or raises
         return entry
 
     def _store_change(
@@ -132,7 +108,6 @@ class RolloutControl:
         only_if: Callable[[FeatureFlags], bool] | None,
     ) -> AuditEntry | None:
         store = self.provider.store
-        assert store is not None
 
         def resolve(live: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
             before = self.provider.resolve(live)
@@ -145,20 +120,8 @@ class RolloutControl:
         return AuditEntry.from_row(row) if row is not None else None
 
     def history(self, limit: int | None = None) -> list[AuditEntry]:
-        """Audit entries, oldest first (the last ``limit`` when given); unreadable lines are skipped."""
-        if self.provider.store is not None:
-            return [AuditEntry.from_row(row) for row in self.provider.store.history(limit)]
-        try:
-            lines = self.audit_log.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in lines:
-            try:
-                entries.append(AuditEntry.model_validate_json(line))
-            except ValueError:
-                continue
-        return entries[-limit:] if limit else entries
+        """Audit entries, oldest first (the last ``limit`` when given)."""
+        return [AuditEntry.from_row(row) for row in self.provider.store.history(limit)]
 
     def last_guardrail_trip(self) -> AuditEntry | None:
         """The guardrail's last rollback, if no operator has changed the rollout since."""

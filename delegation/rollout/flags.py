@@ -2,15 +2,19 @@
 
 Precedence, highest first:
 
-1. the live flags, written by ``delegation flags ...`` and ``delegation rollout ...``: with
-   ``DATABASE_URL`` the environment's row in the store's database (every worker host reads
-   the same row), else the live flags file (``FEATURE_FLAGS_FILE``, default
-   ``data/feature_flags.json``), which the database mode does not read. They are re-read on
-   every decision (no cache: one primary-key read), so they are how running workers are moved
-   or rolled back without a restart;
+1. the live flags, written by ``delegation flags ...`` and ``delegation rollout ...``: the
+   environment's (``APP_ENV``) row in the store's database, PostgreSQL with ``DATABASE_URL``
+   (every worker host reads the same row), else the SQLite file under the data folder. They
+   are re-read on every decision (no cache: one primary-key read), so they are how running
+   workers are moved or rolled back without a restart;
 2. the process environment (fixed when the process started);
 3. the env file: ``.env``, or ``.env.staging`` when ``APP_ENV=staging``;
 4. the coded defaults: DSPy off, 0 %, logging on, guardrail off.
+
+The flags file (``FEATURE_FLAGS_FILE``, default ``data/feature_flags.json``), where earlier
+versions kept the live flags, is a bootstrap only: when an environment has no row yet, the
+first process that opens the store copies the file's values into it (audited as
+``bootstrap``); after that the file is never read.
 
 A value that does not parse (``DSPY_ROLLOUT_PERCENTAGE=150``, ``USE_DSPY_DELEGATION=maybe``,
 a broken flags file) is reported and the last good flags stay in force; before any good
@@ -20,18 +24,19 @@ read that means the defaults, which never turn DSPy on.
 from __future__ import annotations
 
 import json
+import socket
 import threading
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from delegation.core.models import describe_validation_error
 from delegation.core.settings import Settings, env_file_for, get_settings
-from delegation.store.database import DatabaseError, database_for
-from delegation.store.files import atomic_write_text
+from delegation.store.database import DatabaseError, database_for, operator_name
 from delegation.store.flags import FlagStore
 
 FLAG_NAMES = ("USE_DSPY_DELEGATION", "DSPY_ROLLOUT_PERCENTAGE", "LOG_DELEGATION_DECISIONS", "DSPY_GUARDRAIL_ENABLED")
@@ -111,36 +116,44 @@ def read_flags_file(path: Path) -> dict[str, Any]:
     return values
 
 
+def flags_from_environment(env_file: Path | None, live: dict[str, Any] | None = None) -> FeatureFlags:
+    """``live`` values over the process environment, the env file and the defaults; raises ValidationError."""
+    merged = _EnvFlags(_env_file=env_file, **(live or {}))
+    return FeatureFlags.model_validate(merged.model_dump())
+
+
 class FeatureFlagProvider:
     """Reads the flags on demand and keeps the last good set when a read fails."""
 
-    def __init__(self, flags_file: Path, env_file: Path | None = None, *, store: FlagStore | None = None) -> None:
-        self.flags_file = flags_file
-        self.env_file = env_file
-        # The database's live flags when given (DATABASE_URL); the flags file is then not read.
+    def __init__(self, store: FlagStore, env_file: Path | None = None) -> None:
         self.store = store
+        self.env_file = env_file
         self._lock = threading.Lock()
         self._last_good = FeatureFlags()
 
     def live_values(self) -> dict[str, Any]:
-        """The values the last change set (from the database or the file); raises when they cannot be read."""
-        if self.store is None:
-            return read_flags_file(self.flags_file)
+        """The values the last change set; raises ``FlagsFileError`` when they cannot be read or are not flags."""
         try:
             live = self.store.read()
         except DatabaseError as err:
             raise FlagsFileError(f"live flags cannot be read from the store: {err}") from None
-        return live.values if live is not None else {}
+        except ValueError as err:  # the row's JSON
+            raise FlagsFileError(f"live flags in {self.describe()} are not valid JSON: {err}") from None
+        if live is None:
+            return {}
+        unknown = sorted(set(live.values) - set(FLAG_NAMES))
+        if unknown:
+            raise FlagsFileError(
+                f"live flags in {self.describe()} have unknown flags {unknown}; known flags are {list(FLAG_NAMES)}"
+            )
+        return live.values
 
     def resolve(self, live: dict[str, Any]) -> FeatureFlags:
         """The flags in force for these live values over the environment, the env file and the defaults."""
-        merged = _EnvFlags(_env_file=self.env_file, **live)
-        return FeatureFlags.model_validate(merged.model_dump())
+        return flags_from_environment(self.env_file, live)
 
     def updated_at(self) -> datetime | None:
         """When the live flags were last changed, or None."""
-        if self.store is None:
-            return flags_file_updated_at(self.flags_file)
         try:
             live = self.store.read()
         except DatabaseError:
@@ -149,8 +162,6 @@ class FeatureFlagProvider:
 
     def describe(self) -> str:
         """Where the live flags are kept."""
-        if self.store is None:
-            return f"flags file {self.flags_file}"
         return f"{self.store.database.describe()}, environment {self.store.environment!r}"
 
     def read(self) -> FlagsReading:
@@ -178,35 +189,28 @@ class FeatureFlagProvider:
         return self.read().flags.as_env()
 
 
-def flags_file_updated_at(path: Path) -> datetime | None:
-    """When the live flags file was last written (its ``updated_at``), or None without a readable one."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return datetime.fromisoformat(data["updated_at"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def bootstrap_from_file(store: FlagStore, flags_file: Path) -> bool:
+    """Copy the flags file into an environment that has no live flags yet; True when this call did.
 
-
-def write_flags_file(path: Path, updates: dict[str, Any], *, updated_by: str = "cli") -> FeatureFlags:
-    """Validate and atomically write new live flag values, merged over the file's current ones.
-
-    Only values that pass validation are written, so a rollout command can never leave a
-    broken file behind. Returns the written values over the coded defaults (a running
-    process takes flags the file does not set from its environment instead).
+    Raises ``FlagsFileError`` (nothing written) when the file is not a valid set of flags.
     """
+    if not flags_file.exists() or store.read() is not None:
+        return False
+    values = read_flags_file(flags_file)
     try:
-        current = read_flags_file(path)
-    except FlagsFileError:
-        current = {}  # a broken file is replaced by a valid one
-    to_write = validated_update(current, updates)
-    validated = FeatureFlags.model_validate({**FeatureFlags().as_env(), **to_write})
-    document = {
-        "flags": to_write,
-        "updated_at": datetime.now(UTC).isoformat(),
-        "updated_by": updated_by,
-    }
-    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
-    return validated
+        checked = validated_update({}, values)
+    except ValidationError as err:
+        raise FlagsFileError(
+            f"flags file {flags_file}: {describe_validation_error(err, model_name='feature flags')}"
+        ) from None
+    after = {**FeatureFlags().as_env(), **checked}
+    return store.bootstrap(
+        checked,
+        after,
+        who=operator_name(),
+        host=socket.gethostname(),
+        reason=f"copied from the flags file {flags_file}, which is not read from now on",
+    )
 
 
 def validated_update(current: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
@@ -220,11 +224,15 @@ def validated_update(current: dict[str, Any], updates: dict[str, Any]) -> dict[s
 
 
 def provider_for(settings: Settings) -> FeatureFlagProvider:
-    """A flag provider for these settings: the database's live flags with DATABASE_URL, else the flags file."""
-    store = None
-    if settings.database_url is not None:
-        store = FlagStore(database_for(settings), settings.app_env)
-    return FeatureFlagProvider(settings.flags_file, env_file_for(settings.app_env), store=store)
+    """The flag provider for these settings: the store's live flags, bootstrapped once from the flags file."""
+    store = FlagStore(database_for(settings), settings.app_env)
+    try:
+        if bootstrap_from_file(store, settings.flags_file):
+            logger.info("live flags of {!r} bootstrapped from {}", settings.app_env, settings.flags_file)
+    except FlagsFileError as err:
+        # The safe default (DSPy off) serves; the operator sets the flags with the CLI.
+        logger.error("flags file not used: {}", err)
+    return FeatureFlagProvider(store, env_file_for(settings.app_env))
 
 
 _PROVIDERS: dict[tuple[object, ...], FeatureFlagProvider] = {}

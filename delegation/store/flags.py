@@ -138,6 +138,34 @@ class FlagStore:
             "nothing was changed by it: run it again"
         )
 
+    def bootstrap(self, values: dict[str, Any], after: dict[str, Any], *, who: str, host: str, reason: str) -> bool:
+        """Create the environment's first row from ``values`` (audited); False when it already had one."""
+        now = datetime.now(UTC)
+        with self.database.transaction() as tx:
+            inserted = tx.execute(
+                "INSERT INTO live_flags (environment, version, flags_json, updated_at, updated_by)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (environment) DO NOTHING",
+                (self.environment, 1, json.dumps(values, sort_keys=True), iso_utc(now), who),
+            )
+            if inserted == 1:
+                self._audit(
+                    tx,
+                    FlagAuditRow(
+                        at=now,
+                        who=who,
+                        host=host,
+                        action="bootstrap",
+                        environment=self.environment,
+                        outcome="applied",
+                        from_version=0,
+                        to_version=1,
+                        before={},
+                        after=after,
+                        reason=reason,
+                    ),
+                )
+        return inserted == 1
+
     def _audit(self, tx: Any, row: FlagAuditRow) -> None:
         tx.execute(
             "INSERT INTO flag_audit (at, who, host, action, environment, outcome, from_version, to_version,"

@@ -9,7 +9,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
@@ -50,15 +49,13 @@ class WorkerDependencies:
     dspy: Decider
     store: DecisionStore
     flags: FeatureFlagProvider
-    audit_log: Path | None = None
     environment: str = "dev"
     guardrail_limits: GuardrailLimits = field(default_factory=GuardrailLimits)
     reoptimization: ReoptimizationActivities | None = None
 
     def rollout_control(self) -> RolloutControl:
         """Moves the live flags with an audit entry (the guardrail's rollback goes through it)."""
-        audit_log = self.audit_log or self.store.log_path.with_name("rollout_audit.jsonl")
-        return RolloutControl(self.flags, audit_log, self.environment)
+        return RolloutControl(self.flags, self.environment)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -102,7 +99,6 @@ def build_dependencies(settings: Settings) -> WorkerDependencies:
         dspy=DSPyDecider(lm, endpoint, source),
         store=store,
         flags=provider_for(settings),
-        audit_log=settings.rollout_audit_path,
         environment=settings.app_env,
         guardrail_limits=guardrail_limits(settings),
         reoptimization=ReoptimizationActivities(

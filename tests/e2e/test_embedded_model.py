@@ -11,10 +11,10 @@ from temporalio.testing import WorkflowEnvironment
 from delegation.core.models import DelegationRequest
 from delegation.core.team import default_team
 from delegation.deciders.endpoint import LLMEndpoint
-from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import build_dependencies, build_worker
 from delegation.workflows.client import decide
+from tests.support.flags import flag_provider, set_flags
 from tests.support.store_queries import count_decisions
 
 pytestmark = pytest.mark.e2e
@@ -35,9 +35,8 @@ async def test_decision_on_the_embedded_model(
     )
     deps = build_dependencies(settings)
     assert deps.endpoint.embedded and deps.endpoint.base_url == embedded_endpoint.base_url
-    flags_file = tmp_path / "flags.json"
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": variant == "dspy", "DSPY_ROLLOUT_PERCENTAGE": 100})
-    deps.flags = FeatureFlagProvider(flags_file, tmp_path / "no.env")
+    deps.flags = flag_provider(tmp_path)
+    set_flags(deps.flags, {"USE_DSPY_DELEGATION": variant == "dspy", "DSPY_ROLLOUT_PERCENTAGE": 100})
     deps.store = DecisionStore(tmp_path / "d.sqlite3", tmp_path / "d.log")
     task_queue = f"delegation-e2e-{uuid.uuid4().hex}"
     worker = build_worker(temporal_env.client, deps, task_queue=task_queue, llm_concurrency=1, llm_timeout_s=150)

@@ -19,11 +19,12 @@ from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.deciders.dspy_decider import DSPyDecider, load_program
 from delegation.deciders.endpoint import build_async_openai
 from delegation.deciders.instructor_decider import InstructorDecider
-from delegation.rollout.flags import FeatureFlagProvider, write_flags_file
+from delegation.rollout.flags import FeatureFlagProvider
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import WorkerDependencies, build_worker
 from delegation.workflows.client import start_delegation
 from tests.support.factories import endpoint_for
+from tests.support.flags import flag_provider, set_flags
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
 
 HISTORIES_DIR = Path(__file__).resolve().parents[1] / "histories"
@@ -36,13 +37,13 @@ class Harness:
     client: Client
     task_queue: str
     store: DecisionStore
-    flags_file: Path
+    flags: FeatureFlagProvider
     server: ScriptedOpenAI
     lm: DummyLM
     prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     def set_flags(self, **values: object) -> None:
-        write_flags_file(self.flags_file, values, updated_by="test")
+        set_flags(self.flags, values)
 
     def request(self, title: str, **kwargs: object) -> DelegationRequest:
         name = kwargs.pop("name", title.split(maxsplit=1)[0].lower())
@@ -77,14 +78,14 @@ def harness(temporal_env: WorkflowEnvironment, tmp_path: Path):  # type: ignore[
         with ScriptedOpenAI(responder) as server:
             endpoint = endpoint_for(server.base_url)
             lm = DummyLM(dspy_answers, adapter=dspy.JSONAdapter())
-            flags_file = tmp_path / "flags.json"
+            flags = flag_provider(tmp_path)
             store = store or DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
             deps = WorkerDependencies(
                 endpoint=endpoint,
                 instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
                 dspy=DSPyDecider(lm, endpoint, load_program(None)),  # type: ignore[arg-type]
                 store=store,
-                flags=FeatureFlagProvider(flags_file, tmp_path / "no.env"),
+                flags=flags,
             )
             task_queue = f"delegation-test-{uuid.uuid4().hex}"
             worker = build_worker(
@@ -97,7 +98,7 @@ def harness(temporal_env: WorkflowEnvironment, tmp_path: Path):  # type: ignore[
                 queue_timeout_s=10,
             )
             async with worker:
-                yield Harness(temporal_env.client, task_queue, store, flags_file, server, lm)
+                yield Harness(temporal_env.client, task_queue, store, flags, server, lm)
 
     return make
 

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from delegation.cli.main import app
 from delegation.core.models import DelegationFeedback
-from delegation.core.settings import get_settings
 from delegation.deciders.dspy_decider import DSPyDecider, load_program
 from delegation.deciders.endpoint import build_async_openai
 from delegation.deciders.instructor_decider import InstructorDecider
@@ -32,6 +31,7 @@ from delegation.workflows.client import send_feedback
 from tests.integration.conftest import Harness
 from tests.integration.test_delegation_workflow import by_title
 from tests.support.factories import endpoint_for
+from tests.support.flags import flag_provider
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
 from tests.support.store_queries import rows
 
@@ -56,12 +56,15 @@ def _feedback_rows(store: DecisionStore) -> list[tuple]:
     return rows(store, "SELECT workflow_id, run_id, outcome, correct_assignee_id FROM feedback")
 
 
-def _audit(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def _audit(control: RolloutControl) -> list[dict]:
+    """The audit trail's entries, leaving out the test's own set-up (``h.set_flags``)."""
+    return [e.model_dump() for e in control.history() if e.who != "test"]
 
 
-def _file_flags(path: Path) -> dict:
-    return json.loads(path.read_text())["flags"]
+def _live(flags: FeatureFlagProvider) -> dict:
+    live = flags.store.read()
+    assert live is not None
+    return live.values
 
 
 # ---- feedback -----------------------------------------------------------------------------------
@@ -170,49 +173,48 @@ async def test_rollback_reaches_the_running_worker(harness, tmp_path: Path) -> N
         before = await h.decide(h.request("Schedule the team retro", name="before"))
         assert (before.assigned_variant, before.variant, before.rollout_percentage) == ("dspy", "dspy", 100)
 
-        # Another process's view of the same flags file, as the CLI would have.
-        audit = tmp_path / "audit.jsonl"
-        control = RolloutControl(FeatureFlagProvider(h.flags_file, tmp_path / "no.env"), audit, "test")
+        # Another process's view of the same store, as the CLI would have.
+        control = RolloutControl(flag_provider(tmp_path), "test")
         control.rollback(who="ops@host", reason="answers look wrong")
 
         after = await h.decide(h.request("Schedule the planning meeting", name="after"))
         assert (after.assigned_variant, after.variant, after.rollout_percentage) == ("instructor", "instructor", 0)
         assert after.fallback_used is False
-        (entry,) = _audit(audit)
+        (entry,) = _audit(control)
         assert entry["who"] == "ops@host" and entry["reason"] == "answers look wrong"
         assert entry["before"]["DSPY_ROLLOUT_PERCENTAGE"] == 100 and entry["after"]["DSPY_ROLLOUT_PERCENTAGE"] == 0
 
 
 async def test_cli_rollback_wins_over_the_worker_environment(  # type: ignore[no-untyped-def]
-    harness, monkeypatch: pytest.MonkeyPatch
+    harness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("USE_DSPY_DELEGATION", "true")
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "100")
     async with harness(by_title(Schedule="self"), GOOD_DSPY) as h:
-        assert not h.flags_file.exists(), "only the environment turns DSPy on"
-        monkeypatch.setenv("FEATURE_FLAGS_FILE", str(h.flags_file))
+        assert h.flags.store.read() is None, "only the environment turns DSPy on"
+        monkeypatch.setenv("DECISION_DB_FILE", str(tmp_path / "flags.sqlite3"))  # the CLI on the worker's store
         before = await h.decide(h.request("Schedule the team retro", name="before"))
         assert (before.assigned_variant, before.rollout_percentage) == ("dspy", 100)
 
         rolled = runner.invoke(app, ["rollout", "rollback", "--reason", "incident 42"])
         assert rolled.exit_code == 0, rolled.output
-        assert _file_flags(h.flags_file) == {"DSPY_ROLLOUT_PERCENTAGE": 0}
+        assert _live(h.flags) == {"DSPY_ROLLOUT_PERCENTAGE": 0}
         after = await h.decide(h.request("Schedule the planning meeting", name="after"))
         assert (after.assigned_variant, after.variant, after.rollout_percentage) == ("instructor", "instructor", 0)
 
         disabled = runner.invoke(app, ["rollout", "rollback", "--disable", "--reason", "incident 42"])
         assert disabled.exit_code == 0, disabled.output
-        assert _file_flags(h.flags_file) == {"DSPY_ROLLOUT_PERCENTAGE": 0, "USE_DSPY_DELEGATION": False}
+        assert _live(h.flags) == {"DSPY_ROLLOUT_PERCENTAGE": 0, "USE_DSPY_DELEGATION": False}
         off = await h.decide(h.request("Schedule the offsite", name="off"))
         assert (off.assigned_variant, off.rollout_percentage) == ("instructor", 0)
 
-        # The file moves the running worker back up as well.
+        # The store moves the running worker back up as well.
         resumed = runner.invoke(app, ["rollout", "set", "100", "--reason", "fixed"])
         assert resumed.exit_code == 0, resumed.output
         again = await h.decide(h.request("Schedule the review", name="again"))
         assert (again.assigned_variant, again.variant, again.rollout_percentage) == ("dspy", "dspy", 100)
 
-    entries = _audit(get_settings().rollout_audit_path)
+    entries = _audit(RolloutControl(h.flags, "test"))
     assert [(e["action"], e["reason"]) for e in entries] == [
         ("rollback", "incident 42"),
         ("rollback --disable", "incident 42"),
@@ -234,19 +236,18 @@ async def guarded_worker(
     dspy_answers: dict[str, dict],
     limits: GuardrailLimits,
 ) -> AsyncIterator[tuple[Harness, RolloutControl]]:
-    """The harness's worker, built with small guardrail limits and an audit log of its own."""
+    """The harness's worker, built with small guardrail limits and a flags store of its own."""
     with ScriptedOpenAI(responder) as server:
         endpoint = endpoint_for(server.base_url)
         lm = DummyLM(dspy_answers, adapter=dspy.JSONAdapter())
-        flags_file = tmp_path / "flags.json"
+        flags = flag_provider(tmp_path)
         store = DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
         deps = WorkerDependencies(
             endpoint=endpoint,
             instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
             dspy=DSPyDecider(lm, endpoint, load_program(None)),  # type: ignore[arg-type]
             store=store,
-            flags=FeatureFlagProvider(flags_file, tmp_path / "no.env"),
-            audit_log=tmp_path / "rollout_audit.jsonl",
+            flags=flags,
             environment="test",
             guardrail_limits=limits,
         )
@@ -255,7 +256,7 @@ async def guarded_worker(
             env.client, deps, task_queue=task_queue, llm_concurrency=8, llm_timeout_s=10, queue_timeout_s=10
         )
         async with worker:
-            yield Harness(env.client, task_queue, store, flags_file, server, lm), deps.rollout_control()
+            yield Harness(env.client, task_queue, store, flags, server, lm), deps.rollout_control()
 
 
 SMALL_LIMITS = GuardrailLimits(window=5, min_decisions=3, max_error_rate=0.5, max_p95_latency_ms=60_000)
@@ -270,7 +271,7 @@ async def test_guardrail_rolls_dspy_back_after_failures(temporal_env: WorkflowEn
         failing = [await h.decide(h.request(f"Invoice {i} from the print shop", name=f"inv{i}")) for i in range(3)]
         for record in failing:
             assert (record.assigned_variant, record.variant, record.fallback_used) == ("dspy", "instructor", True)
-        assert _audit(control.audit_log) == [], "fewer than min_decisions: no judgement yet"
+        assert _audit(control) == [], "fewer than min_decisions: no judgement yet"
 
         tripped = await h.decide(h.request("Invoice 4 from the print shop", name="inv4"))
         assert (tripped.assigned_variant, tripped.variant) == ("instructor", "instructor")
@@ -278,10 +279,10 @@ async def test_guardrail_rolls_dspy_back_after_failures(temporal_env: WorkflowEn
         assert tripped.decision is not None and tripped.decision.assignee_id == "finance-manager"
         assert len(h.server.requests) == 4, "three fallbacks and one direct Instructor decision"
 
-        document = json.loads(h.flags_file.read_text())
-        assert document["flags"]["DSPY_ROLLOUT_PERCENTAGE"] == 0
-        assert document["updated_by"] == GUARDRAIL_ACTOR
-        (entry,) = _audit(control.audit_log)
+        live = h.flags.store.read()
+        assert live is not None and live.values["DSPY_ROLLOUT_PERCENTAGE"] == 0
+        assert live.updated_by == GUARDRAIL_ACTOR
+        (entry,) = _audit(control)
         assert entry["who"] == GUARDRAIL_ACTOR and entry["action"] == "rollback"
         assert "error rate 100.0% > 50.0% (3 of 3)" in entry["reason"]
         assert entry["before"]["DSPY_ROLLOUT_PERCENTAGE"] == 100 and entry["after"]["DSPY_ROLLOUT_PERCENTAGE"] == 0
@@ -291,14 +292,14 @@ async def test_guardrail_rolls_dspy_back_after_failures(temporal_env: WorkflowEn
         # It stays rolled back, and is audited once.
         later = await h.decide(h.request("Invoice 5 from the print shop", name="inv5"))
         assert later.assigned_variant == "instructor"
-        assert len(_audit(control.audit_log)) == 1
+        assert len(_audit(control)) == 1
 
         # An operator moving the rollout again starts a fresh window: the old failures no longer count.
         control.set_percentage(100, who="ops@host", reason="fixed the prompt")
         assert control.last_guardrail_trip() is None
         resumed = await h.decide(h.request("Invoice 6 from the print shop", name="inv6"))
         assert (resumed.assigned_variant, resumed.rollout_percentage) == ("dspy", 100)
-        assert [e["who"] for e in _audit(control.audit_log)] == [GUARDRAIL_ACTOR, "ops@host"]
+        assert [e["who"] for e in _audit(control)] == [GUARDRAIL_ACTOR, "ops@host"]
 
 
 async def test_guardrail_off_does_not_roll_back(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
@@ -311,8 +312,8 @@ async def test_guardrail_off_does_not_roll_back(temporal_env: WorkflowEnvironmen
         for record in records:
             assert (record.assigned_variant, record.variant, record.fallback_used) == ("dspy", "instructor", True)
             assert record.rollout_percentage == 100
-        assert _file_flags(h.flags_file)["DSPY_ROLLOUT_PERCENTAGE"] == 100
-        assert _audit(control.audit_log) == []
+        assert _live(h.flags)["DSPY_ROLLOUT_PERCENTAGE"] == 100
+        assert _audit(control) == []
         assert control.last_guardrail_trip() is None
 
 
@@ -321,8 +322,8 @@ async def test_guardrail_leaves_a_healthy_dspy_serving(temporal_env: WorkflowEnv
         h.set_flags(USE_DSPY_DELEGATION=True, DSPY_ROLLOUT_PERCENTAGE=100, DSPY_GUARDRAIL_ENABLED=True)
         records = [await h.decide(h.request(f"Schedule meeting {i}", name=f"m{i}")) for i in range(5)]
         assert [(r.assigned_variant, r.variant, r.fallback_used) for r in records] == [("dspy", "dspy", False)] * 5
-        assert _file_flags(h.flags_file)["DSPY_ROLLOUT_PERCENTAGE"] == 100
-        assert _audit(control.audit_log) == []
+        assert _live(h.flags)["DSPY_ROLLOUT_PERCENTAGE"] == 100
+        assert _audit(control) == []
         assert h.server.requests == []
 
 
@@ -344,6 +345,6 @@ async def test_concurrent_decisions_roll_back_once(temporal_env: WorkflowEnviron
             *(h.decide(h.request(f"Invoice {i} from the print shop", name=f"inv{i}")) for i in range(3, 9))
         )
         assert [r.assigned_variant for r in burst] == ["instructor"] * 6
-        (entry,) = _audit(control.audit_log)
+        (entry,) = _audit(control)
         assert entry["who"] == GUARDRAIL_ACTOR
-        assert _file_flags(h.flags_file)["DSPY_ROLLOUT_PERCENTAGE"] == 0
+        assert _live(h.flags)["DSPY_ROLLOUT_PERCENTAGE"] == 0

@@ -26,12 +26,12 @@ from delegation.deciders.instructor_decider import InstructorDecider
 from delegation.learning.dataset import DEFAULT_DATASET
 from delegation.learning.registry import ArtifactRegistry
 from delegation.learning.training_set import TrainingSetStore
-from delegation.rollout.flags import FeatureFlagProvider
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import WorkerDependencies, running_workers
 from delegation.workflows import schedule as reopt_schedule
 from delegation.workflows.schedule import ScheduleNotFound
 from tests.support.factories import endpoint_for
+from tests.support.flags import flag_provider
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def _dependencies(tmp_path: Path) -> WorkerDependencies:
         instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
         dspy=DSPyDecider(lm, endpoint, load_program(None)),
         store=store,
-        flags=FeatureFlagProvider(tmp_path / "flags.json", tmp_path / "no.env"),
+        flags=flag_provider(tmp_path),
         reoptimization=ReoptimizationActivities(
             store=store,
             registry=ArtifactRegistry(store.database),

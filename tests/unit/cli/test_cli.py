@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from delegation.cli.main import app
 from delegation.core.settings import get_settings
 from delegation.deciders.instructor_decider import PROGRAM_VERSION as INSTRUCTOR_VERSION
+from delegation.rollout.flags import get_feature_flags
 from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 runner = CliRunner()
@@ -89,17 +90,33 @@ def test_evaluate_ends_with_one_json_line(
     assert len(server.requests) == 3
 
 
-def test_flags_commands_refuse_bad_values_and_leave_the_file_alone(tmp_path: Path) -> None:
+def test_flags_commands_refuse_bad_values_and_leave_the_live_flags_alone() -> None:
     assert runner.invoke(app, ["rollout", "set", "25"]).exit_code == 0
-    flags_file = get_settings().flags_file
-    before = flags_file.read_bytes()
-    assert json.loads(before)["flags"] == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
+    store = get_feature_flags().store
+    before = store.read()
+    assert before is not None and before.values == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
     refused = runner.invoke(app, ["rollout", "set", "150"])
     assert refused.exit_code == 2
     assert "DSPY_ROLLOUT_PERCENTAGE" in refused.output
-    assert flags_file.read_bytes() == before
+    assert store.read() == before
     assert runner.invoke(app, ["rollout", "rollback", "--disable"]).exit_code == 0
-    assert json.loads(flags_file.read_bytes())["flags"] == {"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0}
+    after = store.read()
+    assert after is not None and after.values == {"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0}
+
+
+def test_the_flags_file_of_an_earlier_version_bootstraps_the_store_once() -> None:
+    flags_file = get_settings().flags_file
+    flags_file.parent.mkdir(parents=True, exist_ok=True)
+    flags_file.write_text(json.dumps({"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}}))
+    shown = runner.invoke(app, ["flags", "show", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["DSPY_ROLLOUT_PERCENTAGE"] == 10
+    history = runner.invoke(app, ["rollout", "history", "--json"])
+    [entry] = [json.loads(line) for line in history.output.splitlines()]
+    assert entry["action"] == "bootstrap" and str(flags_file) in entry["reason"]
+    assert runner.invoke(app, ["rollout", "set", "50"]).exit_code == 0
+    flags_file.write_text(json.dumps({"flags": {"DSPY_ROLLOUT_PERCENTAGE": 90}}))  # read no more
+    assert json.loads(runner.invoke(app, ["flags", "show", "--json"]).output)["DSPY_ROLLOUT_PERCENTAGE"] == 50
 
 
 def test_decide_rejects_bad_input_before_contacting_temporal() -> None:

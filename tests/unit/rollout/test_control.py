@@ -1,4 +1,4 @@
-"""Rollout control and `delegation rollout`: guardrail check, audited flag changes, status, per-environment files."""
+"""Rollout control and `delegation rollout`: guardrail check, audited flag changes, status, per-environment flags."""
 
 from __future__ import annotations
 
@@ -18,14 +18,11 @@ from delegation.core.models import DecisionRecord, DelegationDecision, Delegatio
 from delegation.core.settings import get_settings
 from delegation.rollout.arm_metrics import is_arm_error
 from delegation.rollout.control import GUARDRAIL_ACTOR, RolloutControl
-from delegation.rollout.flags import (
-    FeatureFlagProvider,
-    flags_file_updated_at,
-    get_feature_flags,
-)
+from delegation.rollout.flags import get_feature_flags
 from delegation.rollout.guardrail import GuardrailLimits, check_guardrail
 from delegation.store.decisions import DecisionStore
 from tests.support.factories import decision_record
+from tests.support.flags import flag_provider
 
 runner = CliRunner()
 LIMITS = GuardrailLimits(window=50, min_decisions=20, max_error_rate=0.02, max_p95_latency_ms=2000.0)
@@ -135,74 +132,64 @@ def test_latency_of_failed_decisions_does_not_count_toward_p95() -> None:
 
 @pytest.fixture
 def control(tmp_path: Path) -> RolloutControl:
-    provider = FeatureFlagProvider(tmp_path / "flags.json", tmp_path / "no.env")
-    return RolloutControl(provider, tmp_path / "audit" / "rollout.jsonl", "test")
+    return RolloutControl(flag_provider(tmp_path), "test")
 
 
-def _audit_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def _live(control: RolloutControl) -> dict[str, object]:
+    live = control.provider.store.read()
+    assert live is not None
+    return live.values
 
 
-def test_set_and_rollback_write_the_flags_file_and_one_audit_line_each(control: RolloutControl) -> None:
+def test_set_and_rollback_change_the_live_row_with_one_audit_row_each(control: RolloutControl) -> None:
     entry = control.set_percentage(25, who="alice@host", reason="canary")
-    document = json.loads(control.provider.flags_file.read_text())
-    assert document["flags"] == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
-    assert document["updated_by"] == "alice@host"
+    assert _live(control) == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
     assert entry.before == DEFAULT_FLAGS
     assert entry.after == {**DEFAULT_FLAGS, "USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
-    lines = _audit_lines(control.audit_log)
-    assert len(lines) == 1
-    assert lines[0]["who"] == "alice@host" and lines[0]["reason"] == "canary"
-    assert lines[0]["action"] == "set 25%" and lines[0]["environment"] == "test"
-    assert lines[0]["before"]["DSPY_ROLLOUT_PERCENTAGE"] == 0 and lines[0]["after"]["DSPY_ROLLOUT_PERCENTAGE"] == 25
+    [first] = control.history()
+    assert (first.who, first.reason, first.action, first.environment) == ("alice@host", "canary", "set 25%", "test")
+    assert (first.outcome, first.from_version, first.to_version) == ("applied", 0, 1) and first.host
 
     control.rollback(who="bob@host", reason="bad answers")
-    document = json.loads(control.provider.flags_file.read_text())
-    assert document["flags"] == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 0}
+    assert _live(control) == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 0}
     control.rollback(disable=True, who="bob@host", reason="off for good")
-    document = json.loads(control.provider.flags_file.read_text())
-    assert document["flags"] == {"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0}
+    assert _live(control) == {"USE_DSPY_DELEGATION": False, "DSPY_ROLLOUT_PERCENTAGE": 0}
 
-    lines = _audit_lines(control.audit_log)
-    assert [(line["action"], line["who"], line["reason"]) for line in lines] == [
+    history = control.history()
+    assert [(e.action, e.who, e.reason) for e in history] == [
         ("set 25%", "alice@host", "canary"),
         ("rollback", "bob@host", "bad answers"),
         ("rollback --disable", "bob@host", "off for good"),
     ]
-    assert lines[1]["before"]["DSPY_ROLLOUT_PERCENTAGE"] == 25 and lines[1]["after"]["DSPY_ROLLOUT_PERCENTAGE"] == 0
-    assert lines[2]["before"]["USE_DSPY_DELEGATION"] is True and lines[2]["after"]["USE_DSPY_DELEGATION"] is False
-    assert [e.action for e in control.history()] == ["set 25%", "rollback", "rollback --disable"]
+    assert history[1].before["DSPY_ROLLOUT_PERCENTAGE"] == 25 and history[1].after["DSPY_ROLLOUT_PERCENTAGE"] == 0
+    assert history[2].before["USE_DSPY_DELEGATION"] is True and history[2].after["USE_DSPY_DELEGATION"] is False
     assert [e.action for e in control.history(limit=1)] == ["rollback --disable"]
 
 
 def test_a_refused_change_writes_neither_flags_nor_audit(control: RolloutControl) -> None:
     control.set_percentage(10, who="alice@host")
-    flags_before = control.provider.flags_file.read_bytes()
-    audit_before = control.audit_log.read_bytes()
+    before = control.provider.store.read()
     with pytest.raises(ValidationError):
         control.set_percentage(150, who="alice@host")
-    assert control.provider.flags_file.read_bytes() == flags_before
-    assert control.audit_log.read_bytes() == audit_before
+    assert control.provider.store.read() == before
+    assert len(control.history()) == 1
 
 
 def test_cli_rollout_set_150_exits_2_and_changes_nothing() -> None:
-    settings = get_settings()
     ok = runner.invoke(app, ["rollout", "set", "10", "--reason", "canary"])
     assert ok.exit_code == 0, ok.output
-    flags_before = settings.flags_file.read_bytes()
-    audit_before = settings.rollout_audit_path.read_bytes()
-    assert len(audit_before.splitlines()) == 1
+    store = get_feature_flags().store
+    before = store.read()
+    assert before is not None and len(store.history()) == 1
 
     refused = runner.invoke(app, ["rollout", "set", "150", "--reason", "typo"])
     assert refused.exit_code == 2, refused.output
     assert "DSPY_ROLLOUT_PERCENTAGE" in refused.output and "not changed" in refused.output
-    assert settings.flags_file.read_bytes() == flags_before
-    assert settings.rollout_audit_path.read_bytes() == audit_before
+    assert store.read() == before and len(store.history()) == 1
 
     negative = runner.invoke(app, ["rollout", "set", "--", "-5"])
     assert negative.exit_code == 2, negative.output
-    assert settings.flags_file.read_bytes() == flags_before
-    assert settings.rollout_audit_path.read_bytes() == audit_before
+    assert store.read() == before and len(store.history()) == 1
 
 
 def test_last_guardrail_trip_lasts_until_an_operator_sets_the_rollout(control: RolloutControl) -> None:
@@ -238,7 +225,7 @@ def test_last_guardrail_trip_is_cleared_when_the_operator_moves_the_rollout_with
     """
     settings = get_settings()
     assert runner.invoke(app, ["rollout", "set", "100"]).exit_code == 0
-    control = RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
+    control = RolloutControl(get_feature_flags(), settings.app_env)
     control.rollback(who=GUARDRAIL_ACTOR, reason="error rate 60.0% > 2.0% (3 of 5)")
     moved = runner.invoke(app, ["flags", "set", "--use-dspy", "true", "--percentage", "50"])
     assert moved.exit_code == 0, moved.output
@@ -255,14 +242,14 @@ def test_last_guardrail_trip_is_cleared_when_the_operator_moves_the_rollout_with
 
 def _guarded_flags(tmp_path: Path, *, guardrail: bool, failures: int) -> tuple[FlagActivities, RolloutControl]:
     """The flags activity over a store holding ``failures`` DSPy fallbacks made after the last flags change."""
-    provider = FeatureFlagProvider(tmp_path / "flags.json", tmp_path / "no.env")
-    control = RolloutControl(provider, tmp_path / "audit.jsonl", "test")
+    provider = flag_provider(tmp_path)
+    control = RolloutControl(provider, "test")
     control.change(
         "flags set",
         {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100, "DSPY_GUARDRAIL_ENABLED": guardrail},
         who="alice@host",
     )
-    changed_at = flags_file_updated_at(provider.flags_file)
+    changed_at = provider.updated_at()
     assert changed_at is not None
     store = DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
     for i in range(failures):
@@ -327,10 +314,10 @@ def test_rollout_status_json_shows_flags_champion_live_split_and_guardrail(monke
     assert runner.invoke(app, ["rollout", "set", "25", "--reason", "canary"]).exit_code == 0
     assert runner.invoke(app, ["flags", "set", "--guardrail", "true"]).exit_code == 0
 
-    changed_at = flags_file_updated_at(settings.flags_file)
+    changed_at = get_feature_flags().updated_at()
     assert changed_at is not None
     store = DecisionStore(settings.decision_db_path, settings.decision_log_path)
-    later = changed_at + timedelta(microseconds=10)  # after the last flags file change
+    later = changed_at + timedelta(microseconds=10)  # after the last flags change
     earlier = changed_at - timedelta(hours=1)  # before it: in the live split, not in the guardrail window
     records = [
         _dspy(0, decided_at=later, rollout=25),
@@ -351,7 +338,7 @@ def test_rollout_status_json_shows_flags_champion_live_split_and_guardrail(monke
         "DSPY_ROLLOUT_PERCENTAGE": 25,
         "DSPY_GUARDRAIL_ENABLED": True,
     }
-    assert status["flags_file"] == str(settings.flags_file)
+    assert status["flags_source"] == get_feature_flags().describe()
     assert status["flags_error"] is None
     assert status["champion_version"] == 2
     assert status["live_split"] == {
@@ -371,7 +358,7 @@ def test_rollout_status_json_shows_flags_champion_live_split_and_guardrail(monke
     assert [(c["action"], c["reason"]) for c in status["recent_changes"]] == [("set 25%", "canary"), ("flags set", "")]
 
     # A guardrail rollback shows up as the last trip.
-    control = RolloutControl(get_feature_flags(), settings.rollout_audit_path, settings.app_env)
+    control = RolloutControl(get_feature_flags(), settings.app_env)
     control.rollback(who=GUARDRAIL_ACTOR, reason="error rate 33.3% > 2.0% (1 of 3)")
     status = json.loads(runner.invoke(app, ["rollout", "status", "--json"]).output)
     assert status["flags"]["DSPY_ROLLOUT_PERCENTAGE"] == 0
@@ -398,23 +385,19 @@ def test_rollout_status_without_decisions_or_changes() -> None:
 # ---- environments -----------------------------------------------------------------------------
 
 
-def test_staging_keeps_its_own_flags_file_and_audit_log(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_staging_keeps_its_own_flags_and_audit_trail(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APP_ENV", "dev")
-    dev = get_settings()
+    dev = get_feature_flags()
     monkeypatch.setenv("APP_ENV", "staging")
-    staging = get_settings()
-    assert dev.data_dir == staging.data_dir
-    assert staging.flags_file != dev.flags_file
-    assert dev.flags_file == dev.data_dir / "feature_flags.json"
-    assert staging.flags_file == staging.data_dir / "feature_flags.staging.json"
-    assert staging.rollout_audit_path != dev.rollout_audit_path
+    staging = get_feature_flags()
+    assert (dev.store.environment, staging.store.environment) == ("dev", "staging")
 
     # A rollout move in staging leaves dev's flags alone.
     moved = runner.invoke(app, ["rollout", "set", "10", "--reason", "staging canary"])
     assert moved.exit_code == 0, moved.output
-    assert json.loads(staging.flags_file.read_text())["flags"]["DSPY_ROLLOUT_PERCENTAGE"] == 10
-    assert not dev.flags_file.exists()
-    assert staging.rollout_audit_path.exists() and not dev.rollout_audit_path.exists()
+    assert staging.read().flags.dspy_rollout_percentage == 10
+    assert dev.store.read() is None and dev.store.history() == []
+    assert [e.reason for e in staging.store.history()] == ["staging canary"]
 
     monkeypatch.setenv("APP_ENV", "dev")
     shown = runner.invoke(app, ["flags", "show", "--json"])

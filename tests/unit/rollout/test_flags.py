@@ -1,7 +1,7 @@
-"""Feature flags: FeatureFlagProvider, write_flags_file and read_flags_file.
+"""Feature flags: FeatureFlagProvider over the store's live flags, the flags file as a one-time bootstrap.
 
-Precedence, highest first (documented in core/feature_flags.py):
-1. the live flags file, re-read on every ``read()``;
+Precedence, highest first (documented in rollout/flags.py):
+1. the live flags row of the environment in the store, re-read on every ``read()``;
 2. the process environment;
 3. the env file;
 4. coded defaults (DSPy off, 0 %, logging on).
@@ -20,9 +20,11 @@ from delegation.rollout.flags import (
     FeatureFlagProvider,
     FeatureFlags,
     FlagsFileError,
+    bootstrap_from_file,
     read_flags_file,
-    write_flags_file,
 )
+from delegation.store.flags import FlagStore
+from tests.support.flags import flag_provider, set_flags
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +43,11 @@ def env_file(tmp_path: Path) -> Path:
     return tmp_path / ".env.test"
 
 
+@pytest.fixture
+def provider(tmp_path: Path, env_file: Path) -> FeatureFlagProvider:
+    return flag_provider(tmp_path, env_file)
+
+
 def _error_cause(error: str | None) -> str:
     """A reading's error, which explains the failure (the kept flags are in ``reading.flags``)."""
     assert error is not None
@@ -52,12 +59,21 @@ def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
+def _store_row(provider: FeatureFlagProvider, flags_json: str) -> None:
+    """Put a value in the live row behind the provider's back (a bad hand-edit of the database)."""
+    set_flags(provider, {"DSPY_ROLLOUT_PERCENTAGE": 30, "USE_DSPY_DELEGATION": True})
+    with provider.store.database.transaction() as tx:
+        tx.execute(
+            "UPDATE live_flags SET flags_json = ? WHERE environment = ?", (flags_json, provider.store.environment)
+        )
+
+
 # --- defaults and sources ---------------------------------------------------------------------
 
 
-def test_defaults_without_file_or_env(flags_file: Path, env_file: Path) -> None:
-    assert not flags_file.exists() and not env_file.exists()
-    reading = FeatureFlagProvider(flags_file, env_file).read()
+def test_defaults_without_file_or_env(provider: FeatureFlagProvider, env_file: Path) -> None:
+    assert not env_file.exists() and provider.store.read() is None
+    reading = provider.read()
     assert reading.error is None
     assert reading.flags == FeatureFlags()
     assert reading.flags.use_dspy_delegation is False
@@ -65,60 +81,55 @@ def test_defaults_without_file_or_env(flags_file: Path, env_file: Path) -> None:
     assert reading.flags.log_delegation_decisions is True
 
 
-def test_defaults_with_no_env_file_configured(flags_file: Path) -> None:
-    reading = FeatureFlagProvider(flags_file, None).read()
+def test_defaults_with_no_env_file_configured(tmp_path: Path) -> None:
+    reading = flag_provider(tmp_path).read()
     assert reading.error is None
     assert reading.flags == FeatureFlags()
 
 
-def test_env_file_values_are_read(flags_file: Path, env_file: Path) -> None:
+def test_env_file_values_are_read(provider: FeatureFlagProvider, env_file: Path) -> None:
     env_file.write_text(
         "USE_DSPY_DELEGATION=true\nDSPY_ROLLOUT_PERCENTAGE=25\nLOG_DELEGATION_DECISIONS=false\nOTHER=x\n",
         encoding="utf-8",
     )
-    reading = FeatureFlagProvider(flags_file, env_file).read()
+    reading = provider.read()
     assert reading.error is None
     assert reading.flags.use_dspy_delegation is True
     assert reading.flags.dspy_rollout_percentage == 25
     assert reading.flags.log_delegation_decisions is False
 
 
-def test_process_env_wins_over_env_file(flags_file: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_process_env_wins_over_env_file(
+    provider: FeatureFlagProvider, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env_file.write_text("USE_DSPY_DELEGATION=true\nDSPY_ROLLOUT_PERCENTAGE=25\n", encoding="utf-8")
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "40")
-    reading = FeatureFlagProvider(flags_file, env_file).read()
+    reading = provider.read()
     assert reading.error is None
     assert reading.flags.dspy_rollout_percentage == 40  # process env
     assert reading.flags.use_dspy_delegation is True  # env file still fills what env does not set
 
 
-def test_flags_file_wins_over_process_env(flags_file: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_flags_win_over_process_env(
+    provider: FeatureFlagProvider, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     env_file.write_text("DSPY_ROLLOUT_PERCENTAGE=25\nLOG_DELEGATION_DECISIONS=false\n", encoding="utf-8")
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "40")
     monkeypatch.setenv("USE_DSPY_DELEGATION", "false")
-    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 60}})
-    reading = FeatureFlagProvider(flags_file, env_file).read()
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 60})
+    reading = provider.read()
     assert reading.error is None
-    assert reading.flags.use_dspy_delegation is True  # file over env
-    assert reading.flags.dspy_rollout_percentage == 60  # file over env over env file
+    assert reading.flags.use_dspy_delegation is True  # live over env
+    assert reading.flags.dspy_rollout_percentage == 60  # live over env over env file
     assert reading.flags.log_delegation_decisions is False  # only the env file sets it
-
-
-def test_flat_flags_file_without_flags_key_is_accepted(flags_file: Path, env_file: Path) -> None:
-    _write_json(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 15, "USE_DSPY_DELEGATION": True})
-    reading = FeatureFlagProvider(flags_file, env_file).read()
-    assert reading.error is None
-    assert reading.flags.dspy_rollout_percentage == 15
-    assert reading.flags.use_dspy_delegation is True
 
 
 # --- bad values keep the last good flags ------------------------------------------------------
 
 
 def test_invalid_percentage_keeps_last_good_flags(
-    flags_file: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch
+    provider: FeatureFlagProvider, env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    provider = FeatureFlagProvider(flags_file, env_file)
     monkeypatch.setenv("USE_DSPY_DELEGATION", "true")
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "10")
     good = provider.read()
@@ -141,11 +152,11 @@ def test_invalid_percentage_keeps_last_good_flags(
 
 
 def test_unparsable_bool_on_fresh_provider_keeps_dspy_off(
-    flags_file: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch
+    provider: FeatureFlagProvider, env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("USE_DSPY_DELEGATION", "maybe")
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "100")
-    reading = FeatureFlagProvider(flags_file, env_file).read()
+    reading = provider.read()
     cause = _error_cause(reading.error)
     assert "USE_DSPY_DELEGATION" in cause
     assert "DSPY_ROLLOUT_PERCENTAGE" not in cause  # only the bad flag is named
@@ -153,50 +164,104 @@ def test_unparsable_bool_on_fresh_provider_keeps_dspy_off(
     assert reading.flags == FeatureFlags()
 
 
-def test_invalid_value_in_env_file_is_reported(flags_file: Path, env_file: Path) -> None:
+def test_invalid_value_in_env_file_is_reported(provider: FeatureFlagProvider, env_file: Path) -> None:
     env_file.write_text("DSPY_ROLLOUT_PERCENTAGE=-5\n", encoding="utf-8")
-    reading = FeatureFlagProvider(flags_file, env_file).read()
+    reading = provider.read()
     assert "DSPY_ROLLOUT_PERCENTAGE" in _error_cause(reading.error)
     assert reading.flags == FeatureFlags()
 
 
-def test_broken_json_flags_file_keeps_last_good(flags_file: Path, env_file: Path) -> None:
-    provider = FeatureFlagProvider(flags_file, env_file)
-    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30}})
+def test_a_broken_live_row_keeps_last_good(provider: FeatureFlagProvider) -> None:
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
     assert provider.read().flags.dspy_rollout_percentage == 30
 
-    flags_file.write_text('{"flags": {"DSPY_ROLLOUT_PERCENTAGE": 80,', encoding="utf-8")
+    _store_row(provider, '{"DSPY_ROLLOUT_PERCENTAGE": 150}')
     reading = provider.read()
     cause = _error_cause(reading.error)
-    assert str(flags_file) in cause
-    assert "not valid JSON" in cause
-    assert reading.flags.dspy_rollout_percentage == 30
-    assert reading.flags.use_dspy_delegation is True
+    assert "DSPY_ROLLOUT_PERCENTAGE" in cause and provider.describe() in cause
+    assert reading.kept_last_good is True
+    assert reading.flags.dspy_rollout_percentage == 30 and reading.flags.use_dspy_delegation is True
 
 
-def test_unknown_flag_in_file_keeps_last_good(flags_file: Path, env_file: Path) -> None:
-    provider = FeatureFlagProvider(flags_file, env_file)
-    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30}})
+def test_an_unknown_flag_in_the_live_row_keeps_last_good(provider: FeatureFlagProvider) -> None:
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
     assert provider.read().error is None
-
-    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENT": 90}})
+    _store_row(provider, '{"DSPY_ROLLOUT_PERCENT": 90}')
     reading = provider.read()
-    cause = _error_cause(reading.error)
-    assert str(flags_file) in cause
-    assert "DSPY_ROLLOUT_PERCENT'" in cause  # the unknown name, quoted in the list
+    assert "DSPY_ROLLOUT_PERCENT'" in _error_cause(reading.error)  # the unknown name, quoted in the list
     assert reading.flags.dspy_rollout_percentage == 30
 
 
-def test_invalid_value_in_flags_file_keeps_last_good(flags_file: Path, env_file: Path) -> None:
-    provider = FeatureFlagProvider(flags_file, env_file)
-    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30}})
-    assert provider.read().error is None
-    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 150}})
+def test_an_unreadable_store_keeps_last_good(tmp_path: Path) -> None:
+    provider = flag_provider(tmp_path)
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
+    assert provider.read().flags.dspy_rollout_percentage == 30
+    (tmp_path / "flags.sqlite3").write_bytes(b"not a database, just bytes" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"flags.sqlite3{suffix}").unlink(missing_ok=True)
     reading = provider.read()
-    cause = _error_cause(reading.error)
-    assert "DSPY_ROLLOUT_PERCENTAGE" in cause
-    assert str(flags_file) in cause
-    assert reading.flags.dspy_rollout_percentage == 30
+    assert "live flags cannot be read" in _error_cause(reading.error)
+    assert reading.flags.dspy_rollout_percentage == 30 and reading.kept_last_good is True
+
+
+# --- the flags file: a bootstrap, read once ---------------------------------------------------
+
+
+def test_the_flags_file_seeds_an_empty_environment_once_and_is_then_not_read(
+    provider: FeatureFlagProvider, flags_file: Path
+) -> None:
+    _write_json(flags_file, {"flags": {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 15}})
+    assert bootstrap_from_file(provider.store, flags_file) is True
+    assert provider.read().flags.dspy_rollout_percentage == 15
+    [entry] = provider.store.history()
+    assert (entry.action, entry.outcome, entry.to_version) == ("bootstrap", "applied", 1)
+    assert str(flags_file) in entry.reason and entry.after["DSPY_ROLLOUT_PERCENTAGE"] == 15
+
+    _write_json(flags_file, {"flags": {"DSPY_ROLLOUT_PERCENTAGE": 90}})  # later edits of the file change nothing
+    assert bootstrap_from_file(provider.store, flags_file) is False
+    set_flags(provider, {"DSPY_ROLLOUT_PERCENTAGE": 25})
+    assert bootstrap_from_file(provider.store, flags_file) is False
+    assert provider.read().flags.dspy_rollout_percentage == 25
+    assert len(provider.store.history()) == 2
+
+
+def test_a_flat_flags_file_without_flags_key_bootstraps(provider: FeatureFlagProvider, flags_file: Path) -> None:
+    _write_json(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 15, "USE_DSPY_DELEGATION": True})
+    assert bootstrap_from_file(provider.store, flags_file) is True
+    assert provider.read().flags.dspy_rollout_percentage == 15
+
+
+def test_no_flags_file_bootstraps_nothing(provider: FeatureFlagProvider, flags_file: Path) -> None:
+    assert bootstrap_from_file(provider.store, flags_file) is False
+    assert provider.store.read() is None and provider.store.history() == []
+
+
+@pytest.mark.parametrize(
+    "content", ['{"flags": {"DSPY_ROLLOUT_PERCENTAGE": 150}}', "{not json", '{"flags": {"NOPE": 1}}']
+)
+def test_a_bad_flags_file_is_refused_by_name_and_seeds_nothing(
+    provider: FeatureFlagProvider, flags_file: Path, content: str
+) -> None:
+    flags_file.parent.mkdir(parents=True)
+    flags_file.write_text(content, encoding="utf-8")
+    with pytest.raises(FlagsFileError) as info:
+        bootstrap_from_file(provider.store, flags_file)
+    assert str(flags_file) in str(info.value)
+    assert provider.store.read() is None and provider.store.history() == []
+    assert provider.read().flags == FeatureFlags()
+
+
+def test_two_processes_bootstrapping_at_once_seed_once(tmp_path: Path, flags_file: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from delegation.store.database import SQLiteDatabase
+
+    _write_json(flags_file, {"flags": {"DSPY_ROLLOUT_PERCENTAGE": 10, "USE_DSPY_DELEGATION": True}})
+    stores = [FlagStore(SQLiteDatabase(tmp_path / "shared.sqlite3"), "test") for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        seeded = list(pool.map(lambda store: bootstrap_from_file(store, flags_file), stores))
+    assert sorted(seeded) == [False, False, False, True]
+    assert [e.action for e in stores[0].history()] == ["bootstrap"]
 
 
 # --- read_flags_file --------------------------------------------------------------------------
@@ -224,93 +289,55 @@ def test_read_flags_file_rejects_bad_files(tmp_path: Path, content: str, fragmen
     assert str(path) in str(info.value)
 
 
-# --- write_flags_file -------------------------------------------------------------------------
+# --- changes -----------------------------------------------------------------------------------
 
 
-def test_write_flags_file_writes_valid_values(flags_file: Path) -> None:
-    result = write_flags_file(
-        flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}, updated_by="test"
-    )
-    assert result.use_dspy_delegation is True and result.dspy_rollout_percentage == 10
-    document = json.loads(flags_file.read_text(encoding="utf-8"))
-    assert document["flags"] == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}
-    assert document["updated_by"] == "test"
-    assert "updated_at" in document
-    assert read_flags_file(flags_file) == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10}
+def test_changes_are_validated_normalised_and_merged(provider: FeatureFlagProvider) -> None:
+    set_flags(provider, {"USE_DSPY_DELEGATION": "true", "DSPY_ROLLOUT_PERCENTAGE": "10"})
+    set_flags(provider, {"DSPY_ROLLOUT_PERCENTAGE": 25})
+    live = provider.store.read()
+    assert live is not None and live.values == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
+    assert (live.version, live.updated_by) == (2, "test")
 
 
-def test_write_flags_file_normalises_values(flags_file: Path) -> None:
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": "true", "DSPY_ROLLOUT_PERCENTAGE": "25"})
-    assert read_flags_file(flags_file) == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
-
-
-def test_write_flags_file_merges_with_existing_values(flags_file: Path) -> None:
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10})
-    result = write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 25})
-    assert read_flags_file(flags_file) == {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 25}
-    assert result.use_dspy_delegation is True and result.dspy_rollout_percentage == 25
-
-
-def test_write_flags_file_rejects_out_of_range_and_keeps_file(flags_file: Path) -> None:
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10})
-    before = flags_file.read_bytes()
+def test_a_refused_change_writes_nothing(provider: FeatureFlagProvider) -> None:
+    set_flags(provider, {"DSPY_ROLLOUT_PERCENTAGE": 10})
     with pytest.raises(ValidationError) as info:
-        write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 150})
+        set_flags(provider, {"DSPY_ROLLOUT_PERCENTAGE": 150})
     assert any(error["loc"] == ("DSPY_ROLLOUT_PERCENTAGE",) for error in info.value.errors())
-    assert flags_file.read_bytes() == before
-    assert sorted(p.name for p in flags_file.parent.iterdir()) == [flags_file.name]
-
-
-def test_write_flags_file_rejects_unknown_names_and_keeps_file(flags_file: Path) -> None:
-    write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 10})
-    before = flags_file.read_bytes()
-    with pytest.raises(FlagsFileError) as info:
-        write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 20, "USE_DSPY": True})
-    assert "USE_DSPY" in str(info.value)
-    assert flags_file.read_bytes() == before
-
-
-def test_write_flags_file_replaces_a_broken_file(flags_file: Path) -> None:
-    flags_file.parent.mkdir(parents=True)
-    flags_file.write_text("{broken", encoding="utf-8")
-    write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 5})
-    assert read_flags_file(flags_file) == {"DSPY_ROLLOUT_PERCENTAGE": 5}
-
-
-def test_write_flags_file_leaves_no_temp_files(flags_file: Path) -> None:
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": True})
-    write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 50})
-    with pytest.raises(ValidationError):
-        write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 101})
-    write_flags_file(flags_file, {"LOG_DELEGATION_DECISIONS": False})
-    assert [p.name for p in flags_file.parent.iterdir()] == [flags_file.name]
+    with pytest.raises(FlagsFileError, match="USE_DSPY"):
+        set_flags(provider, {"DSPY_ROLLOUT_PERCENTAGE": 20, "USE_DSPY": True})
+    live = provider.store.read()
+    assert live is not None and (live.version, live.values) == (1, {"DSPY_ROLLOUT_PERCENTAGE": 10})
+    assert len(provider.store.history()) == 1
 
 
 # --- live reload and get_all_flags ------------------------------------------------------------
 
 
-def test_flags_file_change_is_seen_by_next_read(flags_file: Path, env_file: Path) -> None:
-    provider = FeatureFlagProvider(flags_file, env_file)
+def test_a_change_by_another_process_is_seen_by_the_next_read(tmp_path: Path, env_file: Path) -> None:
+    provider = flag_provider(tmp_path, env_file)
+    other = flag_provider(tmp_path, env_file)  # the CLI on the same store
     assert provider.read().flags.use_dspy_delegation is False
 
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10})
+    set_flags(other, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 10})
     first = provider.read().flags
     assert first.use_dspy_delegation is True and first.dspy_rollout_percentage == 10
 
-    write_flags_file(flags_file, {"DSPY_ROLLOUT_PERCENTAGE": 50})
+    set_flags(other, {"DSPY_ROLLOUT_PERCENTAGE": 50})
     assert provider.read().flags.dspy_rollout_percentage == 50
 
-    write_flags_file(flags_file, {"USE_DSPY_DELEGATION": False})  # rollback
+    set_flags(other, {"USE_DSPY_DELEGATION": False})  # rollback
     assert provider.read().flags.use_dspy_delegation is False
 
 
 def test_get_all_flags_returns_names_with_python_values(
-    flags_file: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch
+    provider: FeatureFlagProvider, env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "35")
     monkeypatch.setenv("USE_DSPY_DELEGATION", "1")
     monkeypatch.setenv("LOG_DELEGATION_DECISIONS", "no")
-    flags = FeatureFlagProvider(flags_file, env_file).get_all_flags()
+    flags = provider.get_all_flags()
     assert set(flags) == set(FLAG_NAMES)
     assert flags == {
         "USE_DSPY_DELEGATION": True,

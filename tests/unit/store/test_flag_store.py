@@ -16,10 +16,8 @@ from delegation.store.flags import MAX_ATTEMPTS, FlagConflict, FlagStore
 
 
 def _control(database: Database, tmp_path: Path, environment: str = "test") -> RolloutControl:
-    provider = FeatureFlagProvider(
-        tmp_path / "unused-flags.json", tmp_path / "no.env", store=FlagStore(database, environment)
-    )
-    return RolloutControl(provider, tmp_path / "unused-audit.jsonl", environment)
+    provider = FeatureFlagProvider(FlagStore(database, environment), tmp_path / "no.env")
+    return RolloutControl(provider, environment)
 
 
 def test_nothing_set_reads_the_defaults_and_changes_are_versioned(database: Database, tmp_path: Path) -> None:

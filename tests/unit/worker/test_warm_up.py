@@ -9,10 +9,10 @@ from delegation.deciders.dspy_decider import DSPyDecider, load_program
 from delegation.deciders.endpoint import build_async_openai, build_dspy_lm
 from delegation.deciders.instructor_decider import InstructorDecider
 from delegation.deciders.prompt_slots import SlotPlan
-from delegation.rollout.flags import FeatureFlagProvider
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import WARM_UP_TIMEOUT_S, WorkerDependencies, warm_up
 from tests.support.factories import endpoint_for
+from tests.support.flags import flag_provider
 from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
 
 
@@ -23,7 +23,7 @@ def _deps(server: ScriptedOpenAI, tmp_path: Path) -> WorkerDependencies:
         instructor=InstructorDecider(build_async_openai(endpoint), endpoint),
         dspy=DSPyDecider(build_dspy_lm(endpoint), endpoint, load_program(None)),
         store=DecisionStore(tmp_path / "d.sqlite3", tmp_path / "d.log"),
-        flags=FeatureFlagProvider(tmp_path / "flags.json", tmp_path / "no.env"),
+        flags=flag_provider(tmp_path),
     )
 
 
