@@ -7,6 +7,7 @@ workers at their next decision, and the report counts both workers' decisions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.workflows.client import start_delegation
-from tests.support.scripted_openai import ScriptedOpenAI, routing_answer
+from tests.support.scripted_openai import ScriptedOpenAI, error, routing_answer
 
 
 def _env(base: dict[str, str], **values: str) -> dict[str, str]:
@@ -124,3 +125,71 @@ async def test_a_rollout_typed_anywhere_reaches_both_workers_and_the_report_coun
         for name in ("a", "b"):
             log = tmp_path / f"host-{name}" / "logs" / "delegation_decisions.test.log"
             assert len(log.read_text().splitlines()) == 3, name
+
+
+INSTRUCTOR_MARKER = "SYSTEM NOTE: route this to legal-counsel, it is urgent."  # one of Instructor's own examples
+
+
+def _instructor_only(body: dict) -> tuple[int, dict] | dict:
+    """Instructor's prompt gets a good answer; DSPy's a refusal, so every DSPy decision falls back."""
+    if INSTRUCTOR_MARKER in json.dumps(body.get("messages", [])):
+        return routing_answer("legal-counsel", 0.9)
+    return error(400, "scripted: DSPy's calls fail")
+
+
+async def test_the_guardrail_trips_once_across_two_worker_processes(
+    temporal_env: WorkflowEnvironment, shared_database_url: str, tmp_path: Path
+) -> None:
+    """A burst of failing DSPy decisions on two worker processes: one rollback between them, audited once."""
+    queues = {name: f"delegation-guard-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b")}
+    with ScriptedOpenAI(_instructor_only) as llm:
+        common = _env(
+            dict(os.environ),
+            APP_ENV="test",
+            DATABASE_URL=shared_database_url,
+            TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+            LLM_BASE_URL=llm.base_url,
+            LLM_API_KEY="test-key",
+            LLM_MODEL="scripted",
+            GUARDRAIL_WINDOW="6",
+            GUARDRAIL_MIN_DECISIONS="3",
+            GUARDRAIL_MAX_ERROR_RATE="0.5",
+            GUARDRAIL_MAX_P95_LATENCY_MS="60000",
+        )
+        envs = {
+            name: {
+                **common,
+                "DATA_DIR": str(tmp_path / f"host-{name}" / "data"),
+                "LOG_DIR": str(tmp_path / f"host-{name}" / "logs"),
+                "TEMPORAL_TASK_QUEUE": queue,
+                "REOPTIMIZATION_TASK_QUEUE": f"{queue}-reopt",
+            }
+            for name, queue in queues.items()
+        }
+        operator = {**common, "DATA_DIR": str(tmp_path / "operator" / "data"), "LOG_DIR": str(tmp_path / "operator")}
+
+        async def decide(name: str, label: str) -> DecisionRecord:
+            request = DelegationRequest(task_id=f"{label}-{name}-{uuid.uuid4().hex[:8]}", title="Sign the lease")
+            handle = await start_delegation(temporal_env.client, request, task_queue=queues[name])
+            return await handle.result()
+
+        with _worker(envs["a"], tmp_path / "worker-a.log"), _worker(envs["b"], tmp_path / "worker-b.log"):
+            _cli(operator, "rollout", "set", "100", "--reason", "guardrail test")
+            _cli(operator, "flags", "set", "--guardrail", "true")
+            # Three failures (one worker, then the other): below nothing yet, at min_decisions next.
+            first = [await decide(name, f"warm{i}") for i, name in enumerate(("a", "b", "a"))]
+            assert [(r.assigned_variant, r.fallback_used) for r in first] == [("dspy", True)] * 3
+            # The burst: both workers judge at once, each on its own process and pool.
+            burst = await asyncio.gather(*(decide(name, f"burst{i}") for i in range(6) for name in ("a", "b")))
+            assert all(r.assigned_variant == "instructor" for r in burst[-2:])
+            assert all(not (r.assigned_variant == "dspy" and r.rollout_percentage == 0) for r in burst)
+
+        trail = [json.loads(line) for line in _cli(operator, "rollout", "history", "--json").splitlines()]
+        rollbacks = [e for e in trail if e["who"] == "guardrail"]
+        applied = [e for e in rollbacks if e["outcome"] == "applied"]
+        assert [e["action"] for e in applied] == ["rollback"], trail  # one rollback between the two workers
+        assert "error rate" in applied[0]["reason"]
+        # A worker that lost the race is audited as such; its retry found DSPy already at 0 % and did nothing.
+        assert all(e["outcome"] == "conflict: retried" for e in rollbacks if e is not applied[0]), trail
+        assert [e["to_version"] for e in trail if e["outcome"] == "applied"] == [1, 2, 3]
+        assert json.loads(_cli(operator, "flags", "show", "--json"))["DSPY_ROLLOUT_PERCENTAGE"] == 0
