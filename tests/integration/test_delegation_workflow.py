@@ -106,11 +106,13 @@ async def test_dspy_route_when_flag_on_at_100(harness, mode: str) -> None:  # ty
         attributes = (await handle.describe()).typed_search_attributes
         assert attributes.get(DELEGATION_VARIANT) == "dspy"
         assert attributes.get(DELEGATION_PROGRAM_VERSION) == "dspy-base"
-        listed = [
-            wf.id async for wf in h.client.list_workflows(f'DelegationVariant="dspy" AND WorkflowId="{handle.id}"')
-        ]
-        # Visibility is eventually consistent on the dev server; the describe above is authoritative.
-        assert listed in ([], [handle.id])
+        # Visibility is eventually consistent on the dev server: wait (bounded) for the search to find it.
+        query = f'DelegationVariant="dspy" AND WorkflowId="{handle.id}"'
+        deadline = asyncio.get_running_loop().time() + 10
+        while not (listed := [wf.id async for wf in h.client.list_workflows(query)]):
+            assert asyncio.get_running_loop().time() < deadline, "the search attribute never became searchable"
+            await asyncio.sleep(0.1)
+        assert listed == [handle.id]
         await save_history(handle, f"dspy_route_{mode}")
 
 

@@ -330,9 +330,9 @@ async def test_guardrail_leaves_a_healthy_dspy_serving(temporal_env: WorkflowEnv
 async def test_concurrent_decisions_roll_back_once(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
     """A burst arriving as the guardrail trips: one rollback, and no decision goes to DSPy after it.
 
-    Fails intermittently today (same bug as the unit test
-    ``test_requests_routed_while_the_guardrail_trips_go_to_instructor``): requests that read the
-    flags before the rollback and waited for the guardrail's lock are routed to DSPy.
+    Guards the bug the unit test ``test_requests_routed_while_the_guardrail_trips_go_to_instructor``
+    names: requests that read the flags before the rollback and waited for the guardrail's lock
+    were once routed to DSPy.
     """
     async with guarded_worker(temporal_env, tmp_path, by_title(Invoice="finance-manager"), BAD_DSPY, SMALL_LIMITS) as (
         h,

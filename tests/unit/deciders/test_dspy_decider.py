@@ -108,19 +108,28 @@ async def test_out_of_list_answer_is_refused() -> None:
 
 
 async def test_concurrent_calls_use_their_own_context() -> None:
+    """Two decisions in flight at once, with a different LM configured globally: each uses the decider's own."""
     import asyncio
+    import threading
+
+    from dspy.utils import DummyLM
+
+    both_in_flight = threading.Barrier(2, timeout=10)  # each answer waits for the other request: they overlap
 
     def responder(body: dict) -> tuple[int, dict]:
+        both_in_flight.wait()
         text = last_user_text(body)
         return routing_answer("self" if "Book the venue" in text else "backend-engineer", 0.9)
 
+    # A global LM that would answer wrongly: the decider must not fall back on the global settings.
+    dspy.configure(lm=DummyLM([{"assignee_id": "legal-counsel"}] * 4))
     with ScriptedOpenAI(responder) as server:
         decider = _decider(server)
         a, b = await asyncio.gather(
             decider.decide(request("Book the venue")), decider.decide(request("Database is down"))
         )
+        assert len(server.requests) == 2
     assert (a.decision.assignee_id, b.decision.assignee_id) == ("self", "backend-engineer")
-    assert dspy.settings.lm is None, "the decider must not configure DSPy globally"
 
 
 def test_saved_program_loads_with_its_version(tmp_path: Path) -> None:
