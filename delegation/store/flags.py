@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from delegation.store.database import Database, iso_utc
+from delegation.store.database import Database, Transaction, iso_utc
 from delegation.store.schema import MIGRATIONS
 
 MAX_ATTEMPTS = 5
@@ -107,11 +107,7 @@ class FlagStore:
             )
             with self.database.transaction() as tx:
                 if current is None:
-                    changed = tx.execute(
-                        "INSERT INTO live_flags (environment, version, flags_json, updated_at, updated_by)"
-                        " VALUES (?,?,?,?,?) ON CONFLICT (environment) DO NOTHING",
-                        (self.environment, 1, json.dumps(new_values, sort_keys=True), iso_utc(now), who),
-                    )
+                    changed = self._insert_first(tx, new_values, now, who)
                 else:
                     changed = tx.execute(
                         "UPDATE live_flags SET version = ?, flags_json = ?, updated_at = ?, updated_by = ?"
@@ -142,11 +138,7 @@ class FlagStore:
         """Create the environment's first row from ``values`` (audited); False when it already had one."""
         now = datetime.now(UTC)
         with self.database.transaction() as tx:
-            inserted = tx.execute(
-                "INSERT INTO live_flags (environment, version, flags_json, updated_at, updated_by)"
-                " VALUES (?,?,?,?,?) ON CONFLICT (environment) DO NOTHING",
-                (self.environment, 1, json.dumps(values, sort_keys=True), iso_utc(now), who),
-            )
+            inserted = self._insert_first(tx, values, now, who)
             if inserted == 1:
                 self._audit(
                     tx,
@@ -165,6 +157,14 @@ class FlagStore:
                     ),
                 )
         return inserted == 1
+
+    def _insert_first(self, tx: Transaction, values: dict[str, Any], now: datetime, who: str) -> int:
+        """Create the environment's row at version 1; 0 when another changer created it first."""
+        return tx.execute(
+            "INSERT INTO live_flags (environment, version, flags_json, updated_at, updated_by)"
+            " VALUES (?,?,?,?,?) ON CONFLICT (environment) DO NOTHING",
+            (self.environment, 1, json.dumps(values, sort_keys=True), iso_utc(now), who),
+        )
 
     def _audit(self, tx: Any, row: FlagAuditRow) -> None:
         tx.execute(
