@@ -441,16 +441,9 @@ def artifacts_history(
         for entry in history:
             print(json.dumps({**dataclasses.asdict(entry), "at": entry.at.isoformat()}))
         return
-    table = Table("when (UTC)", "who", "host", "action", "from", "to", "outcome", "reason", title=registry.describe())
-    for entry in history:
-        table.add_row(
-            f"{entry.at:%Y-%m-%d %H:%M:%S}",
-            entry.who,
-            entry.host,
-            entry.action,
-            str(entry.from_champion),
-            str(entry.to_champion),
-            entry.outcome,
-            entry.reason,
-        )
-    console.print(table)
+    from delegation.cli.rollout_commands import audit_table
+
+    rows = (
+        (e.at, e.who, e.host, e.action, str(e.from_champion), str(e.to_champion), e.outcome, e.reason) for e in history
+    )
+    console.print(audit_table(registry.describe(), rows))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -149,20 +150,22 @@ def _flag_pair(flags: dict[str, bool | int]) -> str:
     return f"{flags.get('USE_DSPY_DELEGATION')}/{flags.get('DSPY_ROLLOUT_PERCENTAGE')}%"
 
 
-def _history_table(history: list[AuditEntry], title: str) -> Table:
+def audit_table(title: str, rows: Iterable[tuple[datetime, str, str, str, str, str, str, str]]) -> Table:
+    """An audit trail as a table: (when, who, host, action, from, to, outcome, reason) per attempt."""
     table = Table("when (UTC)", "who", "host", "action", "from", "to", "outcome", "reason", title=title)
-    for entry in history:
-        table.add_row(
-            f"{entry.at:%Y-%m-%d %H:%M:%S}",
-            entry.who,
-            entry.host,
-            entry.action,
-            _flag_pair(entry.before),
-            _flag_pair(entry.after),
-            entry.outcome,
-            entry.reason,
-        )
+    for at, *cells in rows:
+        table.add_row(f"{at:%Y-%m-%d %H:%M:%S}", *cells)
     return table
+
+
+def _history_table(history: list[AuditEntry], title: str) -> Table:
+    return audit_table(
+        title,
+        (
+            (e.at, e.who, e.host, e.action, _flag_pair(e.before), _flag_pair(e.after), e.outcome, e.reason)
+            for e in history
+        ),
+    )
 
 
 @rollout_app.command("history")
