@@ -16,8 +16,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from delegation.core.models import DecisionRecord, DelegationRequest
@@ -63,37 +65,55 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+@dataclass
+class TwoHosts:
+    """Two worker hosts (own data and log folders, own task queue) and an operator, on one store."""
+
+    envs: dict[str, dict[str, str]]
+    operator: dict[str, str]
+    queues: dict[str, str]
+    client: Client
+
+    async def decide(self, name: str, label: str) -> DecisionRecord:
+        request = DelegationRequest(task_id=f"{label}-{name}-{uuid.uuid4().hex[:8]}", title="Sign the lease")
+        handle = await start_delegation(self.client, request, task_queue=self.queues[name])
+        return await handle.result()
+
+
+def _two_hosts(
+    temporal_env: WorkflowEnvironment, database_url: str, llm: ScriptedOpenAI, tmp_path: Path, **extra: str
+) -> TwoHosts:
+    queues = {name: f"delegation-two-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b")}
+    common = _env(
+        dict(os.environ),
+        APP_ENV="test",
+        DATABASE_URL=database_url,
+        TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        LLM_BASE_URL=llm.base_url,
+        LLM_API_KEY="test-key",
+        LLM_MODEL="scripted",
+        **extra,
+    )
+    envs = {
+        name: {
+            **common,
+            "DATA_DIR": str(tmp_path / f"host-{name}" / "data"),
+            "LOG_DIR": str(tmp_path / f"host-{name}" / "logs"),
+            "TEMPORAL_TASK_QUEUE": queue,
+            "REOPTIMIZATION_TASK_QUEUE": f"{queue}-reopt",
+        }
+        for name, queue in queues.items()
+    }
+    operator = {**common, "DATA_DIR": str(tmp_path / "operator" / "data"), "LOG_DIR": str(tmp_path / "operator")}
+    return TwoHosts(envs, operator, queues, temporal_env.client)
+
+
 async def test_a_rollout_typed_anywhere_reaches_both_workers_and_the_report_counts_both(
     temporal_env: WorkflowEnvironment, shared_database_url: str, tmp_path: Path
 ) -> None:
-    queues = {name: f"delegation-two-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b")}
     with ScriptedOpenAI(lambda body: routing_answer("legal-counsel", 0.9)) as llm:
-        common = _env(
-            dict(os.environ),
-            APP_ENV="test",
-            DATABASE_URL=shared_database_url,
-            TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-            LLM_BASE_URL=llm.base_url,
-            LLM_API_KEY="test-key",
-            LLM_MODEL="scripted",
-            LOG_LEVEL="INFO",
-        )
-        envs = {
-            name: {
-                **common,
-                "DATA_DIR": str(tmp_path / f"host-{name}" / "data"),
-                "LOG_DIR": str(tmp_path / f"host-{name}" / "logs"),
-                "TEMPORAL_TASK_QUEUE": queue,
-                "REOPTIMIZATION_TASK_QUEUE": f"{queue}-reopt",
-            }
-            for name, queue in queues.items()
-        }
-        operator = {**common, "DATA_DIR": str(tmp_path / "operator" / "data"), "LOG_DIR": str(tmp_path / "operator")}
-
-        async def decide(name: str, label: str) -> DecisionRecord:
-            request = DelegationRequest(task_id=f"{label}-{name}-{uuid.uuid4().hex[:8]}", title="Sign the lease")
-            handle = await start_delegation(temporal_env.client, request, task_queue=queues[name])
-            return await handle.result()
+        hosts = _two_hosts(temporal_env, shared_database_url, llm, tmp_path, LOG_LEVEL="INFO")
+        envs, operator, decide = hosts.envs, hosts.operator, hosts.decide
 
         with _worker(envs["a"], tmp_path / "worker-a.log"), _worker(envs["b"], tmp_path / "worker-b.log"):
             before = [await decide(name, "before") for name in ("a", "b")]
@@ -141,37 +161,18 @@ async def test_the_guardrail_trips_once_across_two_worker_processes(
     temporal_env: WorkflowEnvironment, shared_database_url: str, tmp_path: Path
 ) -> None:
     """A burst of failing DSPy decisions on two worker processes: one rollback between them, audited once."""
-    queues = {name: f"delegation-guard-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b")}
     with ScriptedOpenAI(_instructor_only) as llm:
-        common = _env(
-            dict(os.environ),
-            APP_ENV="test",
-            DATABASE_URL=shared_database_url,
-            TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-            LLM_BASE_URL=llm.base_url,
-            LLM_API_KEY="test-key",
-            LLM_MODEL="scripted",
+        hosts = _two_hosts(
+            temporal_env,
+            shared_database_url,
+            llm,
+            tmp_path,
             GUARDRAIL_WINDOW="6",
             GUARDRAIL_MIN_DECISIONS="3",
             GUARDRAIL_MAX_ERROR_RATE="0.5",
             GUARDRAIL_MAX_P95_LATENCY_MS="60000",
         )
-        envs = {
-            name: {
-                **common,
-                "DATA_DIR": str(tmp_path / f"host-{name}" / "data"),
-                "LOG_DIR": str(tmp_path / f"host-{name}" / "logs"),
-                "TEMPORAL_TASK_QUEUE": queue,
-                "REOPTIMIZATION_TASK_QUEUE": f"{queue}-reopt",
-            }
-            for name, queue in queues.items()
-        }
-        operator = {**common, "DATA_DIR": str(tmp_path / "operator" / "data"), "LOG_DIR": str(tmp_path / "operator")}
-
-        async def decide(name: str, label: str) -> DecisionRecord:
-            request = DelegationRequest(task_id=f"{label}-{name}-{uuid.uuid4().hex[:8]}", title="Sign the lease")
-            handle = await start_delegation(temporal_env.client, request, task_queue=queues[name])
-            return await handle.result()
+        envs, operator, decide = hosts.envs, hosts.operator, hosts.decide
 
         with _worker(envs["a"], tmp_path / "worker-a.log"), _worker(envs["b"], tmp_path / "worker-b.log"):
             _cli(operator, "rollout", "set", "100", "--reason", "guardrail test")
