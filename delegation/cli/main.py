@@ -23,7 +23,7 @@ from delegation.core.models import (
     describe_validation_error,
 )
 from delegation.core.settings import PROJECT_ROOT, Settings, get_settings
-from delegation.rollout.flags import FLAG_NAMES, get_feature_flags
+from delegation.rollout.flags import FLAG_NAMES, SAFE_DEFAULT_NOTE, get_feature_flags
 from delegation.store.database import operator_name
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ def _show_flags() -> None:
     console.print(table)
     console.print(f"live flags: {provider.describe()}")
     if reading.error:
-        err_console.print(f"[bold red]rejected:[/] {reading.error}; the values above are the last good flags")
+        err_console.print(f"[bold red]rejected:[/] {reading.error}; the values above are {SAFE_DEFAULT_NOTE}")
 
 
 @flags_app.command("show")

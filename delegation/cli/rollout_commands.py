@@ -15,7 +15,7 @@ from rich.table import Table
 from delegation.core.models import describe_validation_error
 from delegation.core.settings import get_settings
 from delegation.rollout.control import AuditEntry, RolloutControl
-from delegation.rollout.flags import FlagsFileError, get_feature_flags
+from delegation.rollout.flags import SAFE_DEFAULT_NOTE, FlagsFileError, get_feature_flags
 from delegation.rollout.guardrail import check_guardrail, guardrail_limits
 from delegation.store.database import operator_name
 from delegation.store.flags import FlagConflict
@@ -140,7 +140,7 @@ def rollout_status(as_json: Annotated[bool, typer.Option("--json", help="One JSO
         table.add_row("[bold red]rolled back by the guardrail[/]", f"{trip.at:%Y-%m-%d %H:%M:%S} UTC: {trip.reason}")
     console.print(table)
     if reading.error:
-        err_console.print(f"[bold red]flags rejected:[/] {reading.error}; the values above are the last good flags")
+        err_console.print(f"[bold red]flags rejected:[/] {reading.error}; the values above are {SAFE_DEFAULT_NOTE}")
     history = control.history(limit=5)
     if history:
         console.print(_history_table(history, "Recent rollout changes"))

@@ -150,6 +150,9 @@ class DecisionRecord(BaseModel):
     latency_ms: float = Field(ge=0)
     fallback_used: bool
     error: str | None
+    flags_error: str | None = Field(
+        default=None, description="Why the flags could not be read, when they could not: then Instructor decided."
+    )
     bucket: int = Field(ge=0, le=9999)
     rollout_percentage: int = Field(
         ge=0, le=100, description="The DSPy share in force for this request (0 while DSPy is off)."

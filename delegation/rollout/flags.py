@@ -16,9 +16,12 @@ versions kept the live flags, is a bootstrap only: when an environment has no ro
 first process that opens the store copies the file's values into it (audited as
 ``bootstrap``); after that the file is never read.
 
-A value that does not parse (``DSPY_ROLLOUT_PERCENTAGE=150``, ``USE_DSPY_DELEGATION=maybe``,
-a broken flags file) is reported and the last good flags stay in force; before any good
-read that means the defaults, which never turn DSPy on.
+When the flags cannot be read or a value does not parse (``DSPY_ROLLOUT_PERCENTAGE=150``,
+``USE_DSPY_DELEGATION=maybe``, a corrupt live row, a non-UTF-8 or unreadable env file, a store
+that does not answer), the error is reported and the safe default is in force: DSPy off, so
+every decision goes to Instructor, until the flags read cleanly again. Only the logging flag
+keeps its last good value (an operator who turned the training-data log off for privacy
+must not find it on again).
 """
 
 from __future__ import annotations
@@ -80,13 +83,13 @@ class _EnvFlags(BaseSettings):
 
 
 class FlagsReading(BaseModel):
-    """The flags in force, and why the last read did not change them when it failed."""
+    """The flags in force, and why the read failed when it did (then ``safe_default``: DSPy off)."""
 
     model_config = ConfigDict(frozen=True)
 
     flags: FeatureFlags
     error: str | None = None
-    kept_last_good: bool = False
+    safe_default: bool = False
 
 
 class FlagsFileError(ValueError):
@@ -101,6 +104,8 @@ def read_flags_file(path: Path) -> dict[str, Any]:
         return {}
     except OSError as err:
         raise FlagsFileError(f"flags file {path} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise FlagsFileError(f"flags file {path} is not UTF-8 (byte {err.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -123,7 +128,7 @@ def flags_from_environment(env_file: Path | None, live: dict[str, Any] | None = 
 
 
 class FeatureFlagProvider:
-    """Reads the flags on demand and keeps the last good set when a read fails."""
+    """Reads the flags on demand; a failed read gives the safe default (DSPy off)."""
 
     def __init__(self, store: FlagStore, env_file: Path | None = None) -> None:
         self.store = store
@@ -165,28 +170,42 @@ class FeatureFlagProvider:
         return f"{self.store.database.describe()}, environment {self.store.environment!r}"
 
     def read(self) -> FlagsReading:
-        """The current flags. Never raises: a bad value is reported in ``error`` and the last good set is kept."""
+        """The current flags. Never raises: a failure is reported in ``error`` and the safe default serves."""
         try:
             flags = self.resolve(self.live_values())
         except FlagsFileError as err:
-            return self._keep_last_good(str(err))
+            return self._safe_default(str(err))
         except ValidationError as err:
             sources = f"{self.describe()}, environment, env file {self.env_file}"
-            return self._keep_last_good(
-                f"{describe_validation_error(err, model_name='feature flags')} (from {sources})"
-            )
+            return self._safe_default(f"{describe_validation_error(err, model_name='feature flags')} (from {sources})")
+        except UnicodeDecodeError as err:
+            return self._safe_default(f"env file {self.env_file} is not UTF-8 (byte {err.start})")
+        except OSError as err:
+            where = err.filename or self.env_file
+            return self._safe_default(f"flags cannot be read from {where}: {err.strerror or type(err).__name__}")
+        except Exception as err:  # never let a flags read fail a decision
+            return self._safe_default(f"flags cannot be read ({type(err).__name__}) from {self.describe()}")
         with self._lock:
             self._last_good = flags
         return FlagsReading(flags=flags)
 
-    def _keep_last_good(self, error: str) -> FlagsReading:
+    def _safe_default(self, error: str) -> FlagsReading:
         with self._lock:
-            kept = self._last_good
-        return FlagsReading(flags=kept, error=error, kept_last_good=True)
+            last_good = self._last_good
+        return FlagsReading(flags=safe_flags(last_good), error=error, safe_default=True)
 
     def get_all_flags(self) -> dict[str, bool | int]:
         """The flags in force, under their environment names."""
         return self.read().flags.as_env()
+
+
+SAFE_DEFAULT_NOTE = "the safe default in force: DSPy off, Instructor decides"
+
+
+def safe_flags(last_good: FeatureFlags | None = None) -> FeatureFlags:
+    """The flags in force when they cannot be read: DSPy off (Instructor decides), logging as it last was."""
+    logging = last_good.log_delegation_decisions if last_good is not None else True
+    return FeatureFlags(log_delegation_decisions=logging)
 
 
 def bootstrap_from_file(store: FlagStore, flags_file: Path) -> bool:

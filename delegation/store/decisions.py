@@ -1,15 +1,17 @@
 """Where decisions go: a row per workflow run in the store's database, and one TRAINING_DATA JSON line per decision.
 
 Activities run at least once, so ``record`` is idempotent: the row is keyed by
-(workflow_id, run_id) and the log line is written only while the row says it has not been.
-The row is exactly-once; the log line is at-least-once (a crash between the append and the
-commit repeats it on retry), so readers of the log dedupe by (workflow_id, run_id).
+(workflow_id, run_id). The log line is claimed in the row's transaction (one of concurrent
+attempts wins), written whole and fsynced after the commit, then marked written. The row is
+exactly-once; the log line is at-least-once (a crash between the append and the mark
+repeats it on retry), so readers of the log dedupe by (workflow_id, run_id):
+``read_training_log`` does.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -20,6 +22,20 @@ from delegation.store.files import append_line
 from delegation.store.schema import MIGRATIONS
 
 TRAINING_DATA_MARKER = "TRAINING_DATA"
+
+# The row's ``logged`` column: 0 not logged, 2 claimed by an attempt that is writing the line, 1 written.
+_LOG_WRITTEN = 1
+_LOG_CLAIMED = 2
+# A retry comes no sooner than a few seconds after its attempt died (Temporal's timeouts);
+# writing one line takes milliseconds.
+STALE_LOG_CLAIM = timedelta(seconds=3)
+
+# One decision per task in what is counted (report, guardrail, training): when a task was
+# decided more than once (a client that re-ran its workflow id), only its latest run, the
+# one feedback attaches to.
+_LATEST_RUN_ONLY = (
+    "d.decided_at = (SELECT MAX(latest.decided_at) FROM decisions latest WHERE latest.workflow_id = d.workflow_id)"
+)
 
 
 class UnknownDecision(LookupError):
@@ -52,6 +68,28 @@ def training_log_line(record: DecisionRecord) -> str:
     """One JSON line with the TRAINING_DATA marker."""
     payload = {"marker": TRAINING_DATA_MARKER, **record.model_dump(mode="json")}
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_training_log(path: Path) -> tuple[list[DecisionRecord], int]:
+    """The decisions in a TRAINING_DATA log, once each by (workflow_id, run_id), and how many lines were not records.
+
+    The log is at-least-once (see the module), so a repeated line is dropped here; a line that
+    is not a record (a torn write at a crash, foreign text) is counted, never fatal.
+    """
+    records: dict[tuple[str, str], DecisionRecord] = {}
+    unreadable = 0
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                payload = json.loads(line)
+                if payload.pop("marker", None) != TRAINING_DATA_MARKER:
+                    raise ValueError("no TRAINING_DATA marker")
+                record = DecisionRecord.model_validate(payload)
+            except ValueError:
+                unreadable += 1
+                continue
+            records.setdefault((record.workflow_id, record.run_id), record)
+    return list(records.values()), unreadable
 
 
 class DecisionStore:
@@ -95,23 +133,49 @@ class DecisionStore:
                 ),
             )
             stored = inserted == 1
-            logged = False
-            if log_to_file:
+            if not log_to_file:
+                return stored, False
+            # Claim the line: of concurrent attempts exactly one moves the row from "not logged".
+            now = datetime.now(UTC)
+            claimed = tx.execute(
+                f"UPDATE decisions SET logged = {_LOG_CLAIMED}, log_claimed_at = ?"
+                " WHERE workflow_id = ? AND run_id = ? AND logged = 0",
+                (iso_utc(now), record.workflow_id, record.run_id),
+            )
+            if claimed != 1:
                 row = tx.fetchone(
-                    "SELECT logged FROM decisions WHERE workflow_id = ? AND run_id = ? FOR UPDATE"
-                    if self.database.dialect == "postgresql"
-                    else "SELECT logged FROM decisions WHERE workflow_id = ? AND run_id = ?",
+                    "SELECT logged, log_claimed_at FROM decisions WHERE workflow_id = ? AND run_id = ?",
                     (record.workflow_id, record.run_id),
                 )
-                already = row is not None and bool(row[0])
-                if not already:
-                    append_line(self.log_path, training_log_line(record))
-                    tx.execute(
-                        "UPDATE decisions SET logged = 1 WHERE workflow_id = ? AND run_id = ?",
-                        (record.workflow_id, record.run_id),
-                    )
-                    logged = True
-        return stored, logged
+                if row is None or int(row[0]) != _LOG_CLAIMED:
+                    return stored, False
+                # Claimed but never marked. Recently: another attempt is writing it now. Long
+                # ago: that attempt died, maybe after its append; write it (again): a repeated
+                # line is what at-least-once allows, a lost one is not.
+                claimed_at = datetime.fromisoformat(row[1]) if row[1] else None
+                if claimed_at is not None and now - claimed_at < STALE_LOG_CLAIM:
+                    return stored, False
+                tx.execute(
+                    "UPDATE decisions SET log_claimed_at = ? WHERE workflow_id = ? AND run_id = ?",
+                    (iso_utc(now), record.workflow_id, record.run_id),
+                )
+        # After the claim's commit: a failed commit never leaves a line behind.
+        try:
+            append_line(self.log_path, training_log_line(record))
+        except BaseException:
+            # A write that failed (a full disk) gives the claim back, so the retry writes the line.
+            with self.database.transaction() as tx:
+                tx.execute(
+                    "UPDATE decisions SET logged = 0 WHERE workflow_id = ? AND run_id = ?",
+                    (record.workflow_id, record.run_id),
+                )
+            raise
+        with self.database.transaction() as tx:
+            tx.execute(
+                f"UPDATE decisions SET logged = {_LOG_WRITTEN} WHERE workflow_id = ? AND run_id = ?",
+                (record.workflow_id, record.run_id),
+            )
+        return stored, True
 
     def get(self, workflow_id: str) -> list[DecisionRecord]:
         """All records stored for a workflow id, oldest first."""
@@ -208,7 +272,7 @@ class DecisionStore:
     def _select(
         self, column: str, since: datetime | None, until: datetime | None, *, require_feedback: bool = False
     ) -> list[StoredDecision]:
-        clauses, params = [], []
+        clauses, params = [_LATEST_RUN_ONLY], []
         if require_feedback:
             clauses.append("f.workflow_id IS NOT NULL")
         if since is not None:
@@ -217,7 +281,7 @@ class DecisionStore:
         if until is not None:
             clauses.append(f"{column} <= ?")
             params.append(iso_utc(until))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = f"WHERE {' AND '.join(clauses)}"
         query = (
             "SELECT d.record_json, f.feedback_json, f.received_at FROM decisions d LEFT JOIN feedback f"
             f" ON f.workflow_id = d.workflow_id AND f.run_id = d.run_id {where} ORDER BY {column}"
@@ -244,18 +308,18 @@ class DecisionStore:
 
         Either arm for the live split; ``assigned_variant="dspy"`` for the guardrail.
         """
-        clauses: list[str] = []
+        clauses: list[str] = [_LATEST_RUN_ONLY]
         params: list[str] = []
         if assigned_variant is not None:
-            clauses.append("assigned_variant = ?")
+            clauses.append("d.assigned_variant = ?")
             params.append(assigned_variant)
         if since is not None:
-            clauses.append("decided_at > ?")
+            clauses.append("d.decided_at > ?")
             params.append(iso_utc(since))
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where = f"WHERE {' AND '.join(clauses)}"
         with self.database.transaction() as tx:
             rows = tx.fetchall(
-                f"SELECT record_json FROM decisions {where} ORDER BY decided_at DESC LIMIT ?", (*params, limit)
+                f"SELECT d.record_json FROM decisions d {where} ORDER BY d.decided_at DESC LIMIT ?", (*params, limit)
             )
         return [DecisionRecord.model_validate_json(row[0]) for row in rows]
 

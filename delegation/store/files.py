@@ -53,13 +53,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line to a log file (created 0640 if missing).
+    """Append one whole line to a log file (created 0640 if missing) and fsync it before returning.
 
-    One ``write()`` of the whole line in append mode: concurrent writers never interleave lines.
+    Append mode and one ``write()`` per line, so concurrent writers do not interleave lines; a
+    short write (a full disk) is finished or raises, never left as half a line.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = (line + "\n").encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     try:
-        os.write(fd, (line + "\n").encode("utf-8"))
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
     finally:
         os.close(fd)

@@ -133,6 +133,10 @@ ARTIFACTS_V4_POSTGRESQL = (
     + _ARTIFACT_AUDIT_COLUMNS
 )
 
+# When an attempt claimed a decision's log line: a claim older than a retry's delay is one
+# whose attempt died, told apart from one whose attempt is writing right now.
+LOG_CLAIM_V5 = "ALTER TABLE decisions ADD COLUMN log_claimed_at TEXT;"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "decisions, feedback, re-optimization runs", DECISIONS_V1),
     Migration(2, "index decisions by arm and time", DECISIONS_V2),
@@ -143,4 +147,5 @@ MIGRATIONS: tuple[Migration, ...] = (
         ARTIFACTS_V4_SQLITE,
         postgresql=ARTIFACTS_V4_POSTGRESQL,
     ),
+    Migration(5, "when a decision's log line was claimed", LOG_CLAIM_V5),
 )

@@ -14,10 +14,15 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from delegation.core import names
 from delegation.core.converter import DATA_CONVERTER
 from delegation.core.models import DecisionRecord, DelegationFeedback, DelegationRequest, FeedbackReceipt
+
+# A completed decision is never made again for the same task (it would count twice in the
+# report and the guardrail); a failed one may be. Clients in other languages set the same.
+DECISION_ID_REUSE_POLICY = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
 
 # Connecting to an unroutable address can hang on TCP; a refused port fails at once.
 CONNECT_TIMEOUT_S = 15.0
@@ -50,22 +55,27 @@ async def start_delegation(
 ) -> WorkflowHandle[Any, DecisionRecord]:
     """Start ``DelegationWorkflow`` for a request (id ``delegation-<task_id>``) and return its handle.
 
-    The request is validated before anything is sent. Sending the same task again while
-    its decision is running attaches to that run instead of deciding twice; once it has
-    completed, a new request for the task starts a new decision.
+    The request is validated before anything is sent. One decision per task: sending the
+    same task again while its decision runs attaches to that run, and after it completed
+    returns the handle of that completed decision (its result is the first record); only a
+    task whose decision failed is decided again.
     """
     request = DelegationRequest.model_validate(request.model_dump())
-    return await client.start_workflow(
-        names.DELEGATION_WORKFLOW,
-        request,
-        id=request.workflow_id,
-        task_queue=task_queue,
-        result_type=DecisionRecord,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        request_eager_start=request_eager_start,
-        execution_timeout=execution_timeout,
-    )
+    try:
+        return await client.start_workflow(
+            names.DELEGATION_WORKFLOW,
+            request,
+            id=request.workflow_id,
+            task_queue=task_queue,
+            result_type=DecisionRecord,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=DECISION_ID_REUSE_POLICY,
+            request_eager_start=request_eager_start,
+            execution_timeout=execution_timeout,
+        )
+    except WorkflowAlreadyStartedError:
+        # The task was decided already: that decision stands.
+        return client.get_workflow_handle(request.workflow_id, result_type=DecisionRecord)
 
 
 async def decide(
@@ -111,7 +121,7 @@ async def send_feedback(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         request_eager_start=True,
-        execution_timeout=timedelta(minutes=5),
+        # No execution timeout: feedback sent while every worker is down waits for one, however long.
     )
     receipt: FeedbackReceipt = await handle.result()
     return receipt

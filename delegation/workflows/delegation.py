@@ -94,7 +94,7 @@ class DelegationWorkflow:
             retry_policy=SHORT_STEP_RETRY,
         )
         if choice.flags_error:
-            workflow.logger.warning("flags rejected, last good flags used: %s", choice.flags_error)
+            workflow.logger.warning("flags rejected, Instructor decides (the safe default): %s", choice.flags_error)
         if choice.guardrail:
             workflow.logger.error("guardrail rolled DSPy back to 0 %%: %s", choice.guardrail)
 
@@ -129,6 +129,7 @@ class DelegationWorkflow:
             latency_ms=result.latency_ms if result else 0.0,
             fallback_used=fallback_used,
             error="; ".join(errors) or None,
+            flags_error=choice.flags_error,
             bucket=choice.bucket,
             # The DSPy share actually in force for this request (0 while DSPy is off), for the SRM check.
             rollout_percentage=choice.dspy_rollout_percentage if choice.use_dspy_delegation else 0,

@@ -22,8 +22,9 @@ with workflow.unsafe.imports_passed_through():
 FEEDBACK_TIMEOUT = timedelta(seconds=30)
 FEEDBACK_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=10,
+    maximum_interval=timedelta(seconds=30),
+    # Unlimited, like a decision's record: feedback must outlast a store outage, not be dropped.
+    maximum_attempts=0,
     non_retryable_error_types=["UnknownDecision", "InvalidFeedback", "InvalidInput"],
 )
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,44 +21,11 @@ from temporalio.testing import WorkflowEnvironment
 from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.workflows.client import start_delegation
 from tests.support.scripted_openai import ScriptedOpenAI, error, routing_answer
-
-
-def _env(base: dict[str, str], **values: str) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if not k.startswith(("USE_DSPY", "DSPY_", "LLM_", "DATABASE_URL"))}
-    env.update(values)
-    return env
-
-
-@contextmanager
-def _worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "delegation.worker"], env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 90
-        while "worker serving task queues" not in log.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+from tests.support.worker_process import WorkerProcess, run_cli, worker_env
 
 
 def _cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "delegation.cli.main", *args],
-        check=False,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"delegation {' '.join(args)} failed: {done.stdout}\n{done.stderr}"
-    return done.stdout
+    return run_cli(env, *args).stdout
 
 
 @dataclass
@@ -84,7 +47,7 @@ def _two_hosts(
     temporal_env: WorkflowEnvironment, database_url: str, llm: ScriptedOpenAI, tmp_path: Path, **extra: str
 ) -> TwoHosts:
     queues = {name: f"delegation-two-{name}-{uuid.uuid4().hex[:8]}" for name in ("a", "b")}
-    common = _env(
+    common = worker_env(
         dict(os.environ),
         APP_ENV="test",
         DATABASE_URL=database_url,
@@ -115,7 +78,7 @@ async def test_a_rollout_typed_anywhere_reaches_both_workers_and_the_report_coun
         hosts = _two_hosts(temporal_env, shared_database_url, llm, tmp_path, LOG_LEVEL="INFO")
         envs, operator, decide = hosts.envs, hosts.operator, hosts.decide
 
-        with _worker(envs["a"], tmp_path / "worker-a.log"), _worker(envs["b"], tmp_path / "worker-b.log"):
+        with WorkerProcess(envs["a"], tmp_path / "worker-a.log"), WorkerProcess(envs["b"], tmp_path / "worker-b.log"):
             before = [await decide(name, "before") for name in ("a", "b")]
             assert [r.assigned_variant for r in before] == ["instructor", "instructor"]
 
@@ -174,7 +137,7 @@ async def test_the_guardrail_trips_once_across_two_worker_processes(
         )
         envs, operator, decide = hosts.envs, hosts.operator, hosts.decide
 
-        with _worker(envs["a"], tmp_path / "worker-a.log"), _worker(envs["b"], tmp_path / "worker-b.log"):
+        with WorkerProcess(envs["a"], tmp_path / "worker-a.log"), WorkerProcess(envs["b"], tmp_path / "worker-b.log"):
             _cli(operator, "rollout", "set", "100", "--reason", "guardrail test")
             _cli(operator, "flags", "set", "--guardrail", "true")
             # Three failures (one worker, then the other): below nothing yet, at min_decisions next.

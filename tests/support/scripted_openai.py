@@ -92,8 +92,10 @@ def last_user_text(request: dict[str, Any]) -> str:
 class ScriptedOpenAI:
     """Serves /v1/chat/completions from a responder function; records every request body."""
 
-    def __init__(self, responder: Responder) -> None:
+    def __init__(self, responder: Responder, *, on_sent: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """``on_sent`` runs after a completion's response was written to the socket (e.g. to kill the caller)."""
         self.responder = responder
+        self.on_sent = on_sent
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []
@@ -115,11 +117,17 @@ class ScriptedOpenAI:
                     # Not a completion (e.g. llama.cpp's /slots actions): recorded by path only.
                     status, payload = 404, {"error": {"message": f"no route {self.path}"}}
                 data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the caller is gone (killed, or timed out): what fault tests make happen
+                if outer.on_sent is not None and self.path.endswith("/chat/completions"):
+                    outer.on_sent(body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -22,7 +22,7 @@ from delegation.rollout.flags import get_feature_flags
 from delegation.rollout.guardrail import GuardrailLimits, check_guardrail
 from delegation.store.decisions import DecisionStore
 from tests.support.factories import decision_record
-from tests.support.flags import flag_provider
+from tests.support.flags import flag_provider, set_flags
 
 runner = CliRunner()
 LIMITS = GuardrailLimits(window=50, min_decisions=20, max_error_rate=0.02, max_p95_latency_ms=2000.0)
@@ -302,6 +302,43 @@ async def test_requests_routed_while_the_guardrail_trips_go_to_instructor(tmp_pa
     assert [e.who for e in control.history()] == ["alice@host", GUARDRAIL_ACTOR], "one rollback, audited once"
     assert first.variant == "instructor"
     assert second.variant == "instructor", "routed to DSPy with flags read before the guardrail rolled DSPy back"
+
+
+async def test_a_guardrail_that_cannot_roll_back_routes_to_instructor_with_the_error(tmp_path: Path) -> None:
+    """Unit test (a raised error): the rollback's write fails; this request must not go to DSPy or fail."""
+    from delegation.store.database import DatabaseError
+
+    activities, control = _guarded_flags(tmp_path, guardrail=True, failures=3)
+
+    def refuse(reason: str) -> None:
+        raise DatabaseError("attempt to write a readonly database")
+
+    control.guardrail_rollback = refuse  # type: ignore[method-assign,assignment]
+    choice = await activities.read_feature_flags(RoutingInput(routing_key="user-1"))
+    assert choice.variant == "instructor" and choice.use_dspy_delegation is False
+    assert choice.flags_error is not None and "guardrail could not judge or roll back" in choice.flags_error
+    assert "readonly database" in choice.flags_error
+
+
+async def test_flags_that_do_not_arrive_within_the_budget_give_instructor(tmp_path: Path) -> None:
+    """Unit test (a store that sleeps): the step answers within its budget instead of timing out."""
+    import time
+
+    provider = flag_provider(tmp_path)
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100})
+    real_read = provider.store.read
+
+    def slow_read() -> object:
+        time.sleep(1.0)
+        return real_read()
+
+    provider.store.read = slow_read  # type: ignore[method-assign,assignment]
+    activities = FlagActivities(provider, 10.0, "local", read_budget_s=0.2)
+    started = time.perf_counter()
+    choice = await activities.read_feature_flags(RoutingInput(routing_key="user-1"))
+    assert time.perf_counter() - started < 0.9
+    assert choice.variant == "instructor"
+    assert choice.flags_error is not None and "not read within" in choice.flags_error
 
 
 # ---- `delegation rollout status` ----------------------------------------------------------------

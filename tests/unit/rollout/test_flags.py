@@ -20,6 +20,7 @@ from delegation.rollout.flags import (
     FeatureFlagProvider,
     FeatureFlags,
     FlagsFileError,
+    FlagsReading,
     bootstrap_from_file,
     read_flags_file,
 )
@@ -49,7 +50,7 @@ def provider(tmp_path: Path, env_file: Path) -> FeatureFlagProvider:
 
 
 def _error_cause(error: str | None) -> str:
-    """A reading's error, which explains the failure (the kept flags are in ``reading.flags``)."""
+    """A reading's error, which explains the failure (the flags in force are in ``reading.flags``)."""
     assert error is not None
     return error
 
@@ -124,31 +125,43 @@ def test_live_flags_win_over_process_env(
     assert reading.flags.log_delegation_decisions is False  # only the env file sets it
 
 
-# --- bad values keep the last good flags ------------------------------------------------------
+# --- flags that cannot be read give the safe default: DSPy off ----------------------------------
 
 
-def test_invalid_percentage_keeps_last_good_flags(
+def _assert_safe_default(reading: FlagsReading) -> None:
+    assert reading.safe_default is True
+    assert reading.flags.use_dspy_delegation is False and reading.flags.dspy_rollout_percentage == 0
+
+
+def test_invalid_percentage_turns_dspy_off_until_fixed(
     provider: FeatureFlagProvider, env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("USE_DSPY_DELEGATION", "true")
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "10")
     good = provider.read()
-    assert good.error is None
+    assert good.error is None and good.safe_default is False
     assert good.flags.use_dspy_delegation is True and good.flags.dspy_rollout_percentage == 10
 
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "150")
     bad = provider.read()
     assert "DSPY_ROLLOUT_PERCENTAGE" in _error_cause(bad.error)
     assert "150" not in _error_cause(bad.error)  # the input value is not echoed
-    assert bad.kept_last_good is True and good.kept_last_good is False
-    assert bad.flags.dspy_rollout_percentage == 10
-    assert bad.flags.use_dspy_delegation is True
-    assert provider.get_all_flags()["DSPY_ROLLOUT_PERCENTAGE"] == 10
+    _assert_safe_default(bad)
+    assert provider.get_all_flags()["USE_DSPY_DELEGATION"] is False
 
     # Once the value is fixed, reads succeed again and pick it up.
     monkeypatch.setenv("DSPY_ROLLOUT_PERCENTAGE", "20")
     fixed = provider.read()
-    assert fixed.error is None and fixed.flags.dspy_rollout_percentage == 20
+    assert fixed.error is None and fixed.flags.dspy_rollout_percentage == 20 and fixed.flags.use_dspy_delegation
+
+
+def test_the_safe_default_keeps_the_logging_flag_an_operator_turned_off(provider: FeatureFlagProvider) -> None:
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 50, "LOG_DELEGATION_DECISIONS": False})
+    assert provider.read().flags.log_delegation_decisions is False
+    _store_row(provider, '{"DSPY_ROLLOUT_PERCENTAGE": 150}')
+    reading = provider.read()
+    _assert_safe_default(reading)
+    assert reading.flags.log_delegation_decisions is False
 
 
 def test_unparsable_bool_on_fresh_provider_keeps_dspy_off(
@@ -160,7 +173,6 @@ def test_unparsable_bool_on_fresh_provider_keeps_dspy_off(
     cause = _error_cause(reading.error)
     assert "USE_DSPY_DELEGATION" in cause
     assert "DSPY_ROLLOUT_PERCENTAGE" not in cause  # only the bad flag is named
-    assert reading.flags.use_dspy_delegation is False
     assert reading.flags == FeatureFlags()
 
 
@@ -171,7 +183,17 @@ def test_invalid_value_in_env_file_is_reported(provider: FeatureFlagProvider, en
     assert reading.flags == FeatureFlags()
 
 
-def test_a_broken_live_row_keeps_last_good(provider: FeatureFlagProvider) -> None:
+def test_a_non_utf8_env_file_gives_the_safe_default_and_names_the_file(
+    provider: FeatureFlagProvider, env_file: Path
+) -> None:
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100})
+    env_file.write_bytes(b"DSPY_ROLLOUT_PERCENTAGE=\xff\xfe50\n")
+    reading = provider.read()
+    assert str(env_file) in _error_cause(reading.error) and "UTF-8" in _error_cause(reading.error)
+    _assert_safe_default(reading)
+
+
+def test_a_broken_live_row_turns_dspy_off(provider: FeatureFlagProvider) -> None:
     set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
     assert provider.read().flags.dspy_rollout_percentage == 30
 
@@ -179,20 +201,27 @@ def test_a_broken_live_row_keeps_last_good(provider: FeatureFlagProvider) -> Non
     reading = provider.read()
     cause = _error_cause(reading.error)
     assert "DSPY_ROLLOUT_PERCENTAGE" in cause and provider.describe() in cause
-    assert reading.kept_last_good is True
-    assert reading.flags.dspy_rollout_percentage == 30 and reading.flags.use_dspy_delegation is True
+    _assert_safe_default(reading)
 
 
-def test_an_unknown_flag_in_the_live_row_keeps_last_good(provider: FeatureFlagProvider) -> None:
+def test_an_unknown_flag_in_the_live_row_turns_dspy_off(provider: FeatureFlagProvider) -> None:
     set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
     assert provider.read().error is None
     _store_row(provider, '{"DSPY_ROLLOUT_PERCENT": 90}')
     reading = provider.read()
     assert "DSPY_ROLLOUT_PERCENT'" in _error_cause(reading.error)  # the unknown name, quoted in the list
-    assert reading.flags.dspy_rollout_percentage == 30
+    _assert_safe_default(reading)
 
 
-def test_an_unreadable_store_keeps_last_good(tmp_path: Path) -> None:
+def test_a_live_row_that_is_not_json_turns_dspy_off(provider: FeatureFlagProvider) -> None:
+    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
+    _store_row(provider, '{"DSPY_ROLLOUT_PERCENTAGE": 3')
+    reading = provider.read()
+    assert "not valid JSON" in _error_cause(reading.error)
+    _assert_safe_default(reading)
+
+
+def test_an_unreadable_store_turns_dspy_off(tmp_path: Path) -> None:
     provider = flag_provider(tmp_path)
     set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 30})
     assert provider.read().flags.dspy_rollout_percentage == 30
@@ -201,7 +230,7 @@ def test_an_unreadable_store_keeps_last_good(tmp_path: Path) -> None:
         (tmp_path / f"flags.sqlite3{suffix}").unlink(missing_ok=True)
     reading = provider.read()
     assert "live flags cannot be read" in _error_cause(reading.error)
-    assert reading.flags.dspy_rollout_percentage == 30 and reading.kept_last_good is True
+    _assert_safe_default(reading)
 
 
 # --- the flags file: a bootstrap, read once ---------------------------------------------------
@@ -348,3 +377,11 @@ def test_get_all_flags_returns_names_with_python_values(
     assert type(flags["USE_DSPY_DELEGATION"]) is bool
     assert type(flags["DSPY_ROLLOUT_PERCENTAGE"]) is int
     assert type(flags["LOG_DELEGATION_DECISIONS"]) is bool
+
+
+def test_a_non_utf8_flags_file_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_bytes(b'{"DSPY_ROLLOUT_PERCENTAGE": "\xff"}')
+    with pytest.raises(FlagsFileError) as info:
+        read_flags_file(path)
+    assert str(path) in str(info.value) and "not UTF-8" in str(info.value)

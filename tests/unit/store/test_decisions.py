@@ -10,7 +10,13 @@ import pytest
 
 from delegation.core.models import DecisionRecord, DelegationDecision, DelegationRequest
 from delegation.store.database import Database
-from delegation.store.decisions import TRAINING_DATA_MARKER, DecisionStore
+from delegation.store.decisions import (
+    STALE_LOG_CLAIM,
+    TRAINING_DATA_MARKER,
+    DecisionStore,
+    read_training_log,
+    training_log_line,
+)
 from tests.support.factories import decision_record
 from tests.support.store_queries import count_decisions, rows
 
@@ -90,6 +96,50 @@ def test_later_logging_of_an_unlogged_row_writes_the_line_once(store: DecisionSt
     lines = _log_lines(store)
     assert len(lines) == 1
     assert json.loads(lines[0])["workflow_id"] == record.workflow_id
+
+
+def test_a_log_write_that_fails_gives_its_claim_back_and_the_retry_writes_the_line(store: DecisionStore) -> None:
+    record = _decision_record()
+    store.log_path.parent.mkdir(parents=True)
+    store.log_path.mkdir()  # a folder where the log file should be: the append fails (for root too)
+    with pytest.raises(IsADirectoryError):
+        store.record(record, log_to_file=True)
+    store.log_path.rmdir()
+    assert store.record(record, log_to_file=True) == (False, True)  # the immediate retry writes it
+    assert len(_log_lines(store)) == 1
+
+
+def test_a_claim_left_by_a_dead_attempt_is_written_by_the_retry(store: DecisionStore) -> None:
+    """The attempt claimed the line and died before marking it: the retry must not lose the line."""
+    record = _decision_record()
+    store.record(record, log_to_file=False)
+    stale = (datetime.now(UTC) - STALE_LOG_CLAIM - timedelta(seconds=1)).isoformat()
+    with store.database.transaction() as tx:
+        tx.execute("UPDATE decisions SET logged = 2, log_claimed_at = ?", (stale,))
+    assert store.record(record, log_to_file=True) == (False, True)
+    assert store.record(record, log_to_file=True) == (False, False)
+    assert len(_log_lines(store)) == 1
+
+
+def test_a_fresh_claim_of_another_attempt_is_left_to_it(store: DecisionStore) -> None:
+    record = _decision_record()
+    store.record(record, log_to_file=False)
+    with store.database.transaction() as tx:
+        tx.execute("UPDATE decisions SET logged = 2, log_claimed_at = ?", (datetime.now(UTC).isoformat(),))
+    assert store.record(record, log_to_file=True) == (False, False)
+    assert _log_lines(store) == []
+
+
+def test_reading_the_log_drops_repeated_lines_and_counts_foreign_ones(store: DecisionStore) -> None:
+    first, second = _decision_record(run_id="run-1"), _decision_record(workflow_id="delegation-task-2")
+    store.record(first, log_to_file=True)
+    store.record(second, log_to_file=True)
+    with store.log_path.open("a", encoding="utf-8") as handle:
+        handle.write(training_log_line(first) + "\n")  # what a crash between append and mark leaves
+        handle.write('{"marker":"TRAINING_DATA","workflow_id":"torn\n')
+    records, unreadable = read_training_log(store.log_path)
+    assert records == [first, second]
+    assert unreadable == 1
 
 
 def test_failed_decisions_are_stored_too(store: DecisionStore) -> None:

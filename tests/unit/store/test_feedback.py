@@ -261,10 +261,21 @@ def test_feedback_goes_to_the_latest_run_of_a_workflow(store: DecisionStore) -> 
     receipt = store.record_feedback(DelegationFeedback(task_id="task-1", outcome="accepted"), T0 + timedelta(days=2))
     assert receipt.run_id == "run-2"
     assert receipt.decided_assignee_id == "legal-counsel"
-    by_run = {s.record.run_id: s.feedback for s in store.decisions()}
-    assert by_run["run-1"] is None
-    assert by_run["run-2"] is not None and by_run["run-2"].feedback.outcome == "accepted"
+    [counted] = store.decisions()  # one decision per task is counted: the latest run
+    assert counted.record.run_id == "run-2"
+    assert counted.feedback is not None and counted.feedback.feedback.outcome == "accepted"
     assert [(row[0], row[1]) for row in _feedback_rows(store)] == [("delegation-task-1", "run-2")]
+
+
+def test_a_task_decided_twice_is_counted_once_in_the_report_and_the_guardrail(store: DecisionStore) -> None:
+    """Defect 13: a client that re-runs a completed workflow id must not double a decision's weight."""
+    store.record(_record(run_id="run-1", assignee="finance-manager", decided_at=T0), log_to_file=False)
+    store.record(
+        _record(run_id="run-2", assignee="legal-counsel", decided_at=T0 + timedelta(minutes=1)), log_to_file=False
+    )
+    assert [s.record.run_id for s in store.decisions()] == ["run-2"]
+    assert [r.run_id for r in store.recent_decisions(10)] == ["run-2"]
+    assert len(store.get("delegation-task-1")) == 2  # both runs stay stored: nothing is deleted
 
 
 def test_recent_dspy_decisions_only_counts_dspy_assigned_ones_since_a_moment(store: DecisionStore) -> None:
