@@ -206,6 +206,19 @@ async def test_retried_record_activity_writes_once(harness, tmp_path: Path) -> N
         assert len(h.log_lines()) == 1
 
 
+async def test_a_task_sent_again_after_its_decision_gets_that_decision_not_a_new_one(harness) -> None:  # type: ignore[no-untyped-def]
+    """Defect 13: a completed decision stands; sending the task again decides nothing and counts nothing."""
+    async with harness(by_title(Hiring="people-ops"), []) as h:
+        request = h.request("Hiring plan for two engineers", name="again")
+        first = await h.decide(request)
+        calls = len(h.server.requests)
+        again = await h.decide(request)
+        assert again == first, "the second send returned another decision"
+        assert len(h.server.requests) == calls, "the second send called the LLM"
+        assert count_decisions(h.store, first.workflow_id) == 1
+        assert len(h.log_lines()) == 1
+
+
 async def test_logging_flag_off_stores_without_log_line(harness) -> None:  # type: ignore[no-untyped-def]
     async with harness(by_title(Printer="it-ops-agent"), []) as h:
         h.set_flags(LOG_DELEGATION_DECISIONS=False)
