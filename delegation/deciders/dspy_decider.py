@@ -160,7 +160,9 @@ class DSPyDecider:
         candidates = candidates_for(request)
         started = time.perf_counter()
         answer, logprobs = await self._ask(loaded, request, candidates)
-        if logprobs is None and answer.confidence is None and not self._adapter.generated_confidence:
+        in_list = answer.assignee_id in {c.id for c in candidates}
+        # Only a valid answer without log-probabilities says the endpoint gives none; free text says nothing.
+        if in_list and logprobs is None and answer.confidence is None and not self._adapter.generated_confidence:
             self._switch_to_generated_confidence()
             answer, logprobs = await self._ask(loaded, request, candidates)
         latency_ms = (time.perf_counter() - started) * 1000
@@ -183,7 +185,9 @@ class DSPyDecider:
                     candidate_ids=ids,
                 )
         except AdapterParseError as err:
-            raise InvalidDecisionError(f"the answer could not be read: {str(err)[:200]}") from None
+            # The first line is the parser's reason; the rest is DSPy's dump of the raw answer.
+            reason = (str(err).strip().splitlines() or ["no reason given"])[0][:200]
+            raise InvalidDecisionError(f"the answer could not be read: {reason}") from None
         except Exception as err:  # litellm's transport errors
             raise llm_call_error(err, self._endpoint.redact) from None
         logprobs = prediction.get("logprobs")

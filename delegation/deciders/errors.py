@@ -11,6 +11,18 @@ from collections.abc import Callable
 
 # HTTP statuses worth another attempt: the server may answer next time.
 RETRYABLE_HTTP_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# DSPy's LMError codes for failures that the same request meets again (no HTTP status needed).
+NON_RETRYABLE_DSPY_CODES = frozenset(
+    {
+        "auth",
+        "billing",
+        "invalid_request",
+        "configuration",
+        "not_configured",
+        "unsupported_feature",
+        "unsupported_model",
+    }
+)
 # Failure messages are stored in clear in Temporal: keep them short.
 MAX_ERROR_MESSAGE_CHARS = 500
 
@@ -53,10 +65,15 @@ def llm_call_error(err: BaseException, redact: Callable[[str], str]) -> LLMCallE
     not retryable. No status (connection refused, timeout) is retryable. ``redact`` removes the key.
     """
     name = type(err).__name__
-    message = redact(f"{name}: {err}")[:MAX_ERROR_MESSAGE_CHARS]
+    # The first line only: libraries append advice (DSPy lists where the key came from).
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    message = redact(f"{name}: {first_line}")[:MAX_ERROR_MESSAGE_CHARS]
     status = _http_status(err)
     if status is not None and status not in RETRYABLE_HTTP_STATUSES:
         return LLMCallError(message, error_type=f"LLMHTTP{status}", retryable=False)
+    code = getattr(err, "code", None)  # DSPy's LMError codes, when there is no status
+    if status is None and isinstance(code, str) and code in NON_RETRYABLE_DSPY_CODES:
+        return LLMCallError(message, error_type=f"LLM{code.title().replace('_', '')}", retryable=False)
     return LLMCallError(message, error_type=name, retryable=True)
 
 

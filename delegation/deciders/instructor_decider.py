@@ -186,8 +186,11 @@ class InstructorDecider:
 
     def _classify(self, err: Exception) -> DeciderError:
         """Instructor's failures: a re-ask budget spent on invalid answers, or what the transport raised."""
-        from instructor.core.exceptions import InstructorError, InstructorRetryException
+        from instructor.core.exceptions import IncompleteOutputException, InstructorError, InstructorRetryException
 
+        if isinstance(err, IncompleteOutputException) or isinstance(err.__cause__, IncompleteOutputException):
+            # The same prompt with the same token limit is cut off the same way: not retryable.
+            return InvalidDecisionError("the answer was cut off at the token limit (finish_reason=length)")
         if isinstance(err, InstructorRetryException):
             cause = err.__cause__
             parse_failure = isinstance(cause, ValidationError | json.JSONDecodeError | InstructorError)

@@ -312,7 +312,10 @@ def decision_from_answer(
     """
     ids = [c.id for c in candidates]
     if answer.assignee_id not in ids:
-        raise InvalidDecisionError(f"assignee_id {answer.assignee_id[:64]!r} is not one of the candidates {ids}")
+        # Never the answer itself: model output can echo the task's personal data into histories.
+        raise InvalidDecisionError(
+            f"the answer ({len(answer.assignee_id)} characters) is not one of the candidate ids {ids}"
+        )
     probability = candidate_probability(logprobs, answer, ids)
     source: ConfidenceSource
     if probability is not None:

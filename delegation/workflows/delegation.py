@@ -55,7 +55,8 @@ DECIDER_FAILURES = (ActivityError, ApplicationError, TimeoutError)
 def _failure_message(err: BaseException) -> str:
     cause = err.cause if isinstance(err, ActivityError) else err
     if isinstance(cause, ApplicationError):
-        return cause.message
+        # The type is how the failure was classified (and retried): the record says it.
+        return f"{cause.message} [{cause.type}]" if cause.type else cause.message
     return str(cause or err)
 
 

@@ -156,7 +156,8 @@ async def test_dspy_failure_falls_back_to_instructor(harness, mode: str) -> None
         assert record.variant == "instructor"
         assert record.fallback_used is True
         assert record.decision is not None and record.decision.assignee_id == "finance-manager"
-        assert record.error is not None and "dspy" in record.error and "assignee_id" in record.error
+        assert record.error is not None and record.error.startswith("dspy: ") and "[InvalidDecision]" in record.error
+        assert "attacker" not in record.error, "the model's raw answer reached the record"
         attributes = (await handle.describe()).typed_search_attributes
         assert attributes.get(DELEGATION_FALLBACK) is True
         assert attributes.get(DELEGATION_VARIANT) == "instructor"

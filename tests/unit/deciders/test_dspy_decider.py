@@ -102,7 +102,7 @@ async def test_out_of_list_answer_is_refused() -> None:
         pytest.raises(InvalidDecisionError) as caught,
     ):
         await _decider(server).decide(steered)
-    assert "not one of the candidates" in str(caught.value)
+    assert "not one of the candidate ids" in str(caught.value)
     failure = as_application_error(caught.value, "dspy", endpoint_for("http://127.0.0.1:9/v1").redact)
     assert failure.type == "InvalidDecision" and failure.non_retryable
 

@@ -117,7 +117,7 @@ def test_a_decision_without_any_confidence_is_refused_and_an_out_of_list_id_too(
     team = default_team()
     with pytest.raises(InvalidDecisionError, match="no log-probabilities"):
         decision_from_answer(ParsedAnswer("self"), None, team)
-    with pytest.raises(InvalidDecisionError, match="not one of the candidates"):
+    with pytest.raises(InvalidDecisionError, match="not one of the candidate ids"):
         decision_from_answer(ParsedAnswer("ceo"), None, team)
     with pytest.raises(InvalidDecisionError, match="not in"):
         decision_from_answer(ParsedAnswer("self", confidence="very"), None, team)
