@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     decider_activity: Literal["auto", "local", "remote"] = Field(default="auto", alias="DECIDER_ACTIVITY")
     llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # How often the worker logs its worst event-loop lag (delegation.worker.loop_monitor).
+    loop_lag_report_s: float = Field(default=60.0, gt=0, le=3600, alias="LOOP_LAG_REPORT_S")
 
     # Unset: the guardrail's own defaults (``delegation.rollout.guardrail``: the go-live targets).
     guardrail_window: int | None = Field(default=None, ge=1, le=10_000, alias="GUARDRAIL_WINDOW")

@@ -178,7 +178,8 @@ class DSPyDecider:
         candidates_text = format_candidates(candidates)
         adapter = self._adapter
         try:
-            with dspy.context(lm=self._lm, adapter=adapter):
+            # No history: DSPy would keep every prompt and answer (task text) in memory, 10,000 deep.
+            with dspy.context(lm=self._lm, adapter=adapter, disable_history=True):
                 prediction = await loaded.program.acall(
                     candidates=candidates_text,
                     task=model_task(candidates, request.title, request.description, request.priority),

@@ -28,6 +28,7 @@ from delegation.rollout.flags import FeatureFlagProvider, provider_for
 from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
 from delegation.store.database import Database, database_for
 from delegation.store.decisions import DecisionStore
+from delegation.worker.loop_monitor import monitor_loop_lag
 from delegation.workflows.client import connect
 from delegation.workflows.delegation import DelegationWorkflow
 from delegation.workflows.feedback import RecordFeedbackWorkflow
@@ -288,16 +289,20 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     import dspy
 
     # Once, from this task; activities only ever use `dspy.context` (dspy#8203).
-    dspy.configure(lm=getattr(deps.dspy, "lm", None))
+    dspy.configure(lm=getattr(deps.dspy, "lm", None), disable_history=True)
     if deps.endpoint.embedded:
         from delegation.devstack.llm_server import wait_until_ready
 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 120.0)
         await warm_up(deps)
     client = await connect(settings.temporal_address, settings.temporal_namespace)
-    async with running_workers(client, deps, settings):
-        await stop.wait()
-        logger.info("shutting down: finishing in-flight tasks")
+    lag = asyncio.create_task(monitor_loop_lag(report_every_s=settings.loop_lag_report_s))
+    try:
+        async with running_workers(client, deps, settings):
+            await stop.wait()
+            logger.info("shutting down: finishing in-flight tasks")
+    finally:
+        lag.cancel()
     logger.info("worker stopped")
 
 

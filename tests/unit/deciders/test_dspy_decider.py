@@ -55,6 +55,20 @@ async def test_the_json_schema_constraint_holds_the_id_to_the_candidates() -> No
     assert schema["properties"]["assignee_id"]["enum"] == ["self", "logistics", "support-lead"]
 
 
+async def test_decisions_leave_no_prompt_or_answer_in_dspy_history() -> None:
+    """Defect 8: DSPy keeps up to 10,000 prompts (task text) in memory unless history is off."""
+    from dspy.clients import base_lm
+
+    before = len(base_lm.GLOBAL_HISTORY)
+    with ScriptedOpenAI(lambda body: routing_answer("legal-counsel", 0.9)) as server:
+        decider = _decider(server)
+        for i in range(3):
+            await decider.decide(request(f"Private matter of Jane Roe number {i}"))
+    assert len(server.requests) == 3
+    assert len(base_lm.GLOBAL_HISTORY) == before
+    assert decider.lm.history == []
+
+
 async def test_a_calibrated_program_reports_the_calibrated_probability() -> None:
     calibration = Calibration(slope=0.5, intercept=0.0, fitted_on="dev (40)")
     program = LoadedProgram(DelegationDecider(), "optimized_delegation_v9", calibration)
