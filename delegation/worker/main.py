@@ -26,10 +26,10 @@ from delegation.deciders.protocol import Decider
 from delegation.rollout.control import RolloutControl
 from delegation.rollout.flags import FeatureFlagProvider, provider_for
 from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
-from delegation.store.database import Database, database_for
+from delegation.store.database import Database, DatabaseError, database_for
 from delegation.store.decisions import DecisionStore
 from delegation.worker.loop_monitor import monitor_loop_lag
-from delegation.workflows.client import connect
+from delegation.workflows.client import TemporalUnreachable, connect
 from delegation.workflows.delegation import DelegationWorkflow
 from delegation.workflows.feedback import RecordFeedbackWorkflow
 
@@ -310,4 +310,10 @@ def main() -> None:
     """Entry point of ``python -m delegation.worker`` and ``delegation worker``."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (DatabaseError, TemporalUnreachable, OSError) as err:
+        # Fail fast with one line naming what is wrong (a path, an address), not a traceback.
+        detail = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else str(err)
+        logger.error("worker cannot start: {}", detail)
+        sys.exit(2)
