@@ -33,8 +33,13 @@ if TYPE_CHECKING:
     from delegation.deciders.endpoint import LLMEndpoint
 
 BASE_PROGRAM_VERSION = "dspy-base"
-# Keys that would let a program file point the LM somewhere else, or carry a key (dspy#9334).
-_FORBIDDEN_STATE_KEYS = {"lm", "api_base", "base_url", "api_key", "model"}
+# What a saved program may hold, and nothing else: DSPy applies any state key it finds (an
+# ``lm`` or ``config`` would reach every call), so unknown keys are refused, not skipped.
+_PROGRAM_KEYS = {"route", "metadata"}
+_PREDICTOR_KEYS = {"traces", "train", "demos", "signature", "lm"}
+_SIGNATURE_KEYS = {"instructions", "fields"}
+_FIELD_KEYS = {"prefix", "description"}
+_DEMO_KEYS = {"augmented", "candidates", "candidate_ids", "task", "assignee_id", "reasoning", "confidence"}
 
 
 @dataclass(frozen=True)
@@ -57,23 +62,38 @@ class ProgramSource(Protocol):
     def current(self) -> LoadedProgram: ...
 
 
-def _find_forbidden_keys(node: Any, path: str = "") -> list[str]:
-    found: list[str] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            here = f"{path}.{key}" if path else str(key)
-            if key in _FORBIDDEN_STATE_KEYS and value not in (None, "", {}):
-                found.append(here)
-            found.extend(_find_forbidden_keys(value, here))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found.extend(_find_forbidden_keys(value, f"{path}[{index}]"))
-    return found
+def _unknown(node: Any, allowed: set[str], where: str) -> list[str]:
+    if not isinstance(node, dict):
+        return [f"{where} (not an object)"]
+    return [f"{where}.{key}" if where else str(key) for key in node if key not in allowed]
 
 
-def find_forbidden_lm_keys(state: Any) -> list[str]:
-    """Where a saved program tries to set the LM's endpoint, model or key (demos are data and exempt)."""
-    return [p for p in _find_forbidden_keys(state) if ".demos[" not in p]
+def find_disallowed_state(state: Any) -> list[str]:
+    """Where a saved program holds something outside the allowlist of state keys (empty when it is clean)."""
+    problems = _unknown(state, _PROGRAM_KEYS, "")
+    if problems:
+        return problems
+    route = state.get("route")
+    problems += _unknown(route, _PREDICTOR_KEYS, "route")
+    if problems:
+        return problems
+    if route.get("lm") is not None:
+        problems.append("route.lm (a program may not choose its LM)")
+    for name in ("traces", "train"):
+        if route.get(name) not in (None, []):
+            problems.append(f"route.{name} (must be empty)")
+    signature = route.get("signature", {})
+    problems += _unknown(signature, _SIGNATURE_KEYS, "route.signature")
+    for index, field in enumerate(signature.get("fields", []) if isinstance(signature, dict) else []):
+        problems += _unknown(field, _FIELD_KEYS, f"route.signature.fields[{index}]")
+    demos = route.get("demos", [])
+    if not isinstance(demos, list):
+        return [*problems, "route.demos (not a list)"]
+    for index, demo in enumerate(demos):
+        problems += _unknown(demo, _DEMO_KEYS, f"route.demos[{index}]")
+    metadata = state.get("metadata", {})
+    problems += _unknown(metadata, {"dependency_versions"}, "metadata")
+    return problems
 
 
 def load_program(path: Path | None, calibration: Calibration | None = None) -> LoadedProgram:
@@ -96,9 +116,9 @@ def load_program_state(
         state = json.loads(text)
     except json.JSONDecodeError as err:
         raise ProgramLoadError(f"{where} is not valid JSON (line {err.lineno}: {err.msg})") from None
-    forbidden = find_forbidden_lm_keys(state)
-    if forbidden:
-        raise ProgramLoadError(f"{where} tries to set LM settings at {forbidden}: refusing it")
+    disallowed = find_disallowed_state(state)
+    if disallowed:
+        raise ProgramLoadError(f"{where} holds state outside the allowlist at {disallowed[:5]}: refusing it")
     program = DelegationDecider()
     try:
         program.load_state(state)  # what Module.load does after reading the file (LM endpoint keys dropped)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from delegation.core.settings import Settings
 from delegation.deciders.calibration import Calibration
-from delegation.deciders.dspy_decider import LoadedProgram, find_forbidden_lm_keys, load_program, load_program_state
+from delegation.deciders.dspy_decider import LoadedProgram, find_disallowed_state, load_program, load_program_state
 from delegation.deciders.errors import ProgramLoadError
 from delegation.store.artifacts import ArtifactAuditRow, ArtifactStore, StateChange
 from delegation.store.database import Database, database_for, operator_name
@@ -192,11 +192,11 @@ class ArtifactRegistry:
         if digest != manifest.sha256:
             raise RegistryError(f"{where} has SHA-256 {digest[:12]}…, its manifest says {manifest.sha256[:12]}…")
         try:
-            forbidden = find_forbidden_lm_keys(json.loads(content))
+            disallowed = find_disallowed_state(json.loads(content))
         except json.JSONDecodeError:
             raise RegistryError(f"{where} is not valid JSON") from None
-        if forbidden:
-            raise RegistryError(f"{where} tries to set LM settings at {forbidden}: refusing it")
+        if disallowed:
+            raise RegistryError(f"{where} holds state outside the allowlist at {disallowed[:5]}: refusing it")
         expected = list(DelegationSignature.fields)
         if manifest.signature_fields != expected:
             raise RegistryError(f"{where} was built for fields {manifest.signature_fields}, this code has {expected}")

@@ -162,8 +162,44 @@ def test_program_that_sets_the_lm_endpoint_is_refused(tmp_path: Path) -> None:
     state = json.loads(path.read_text())
     state["route"]["lm"] = {"model": "openai/gpt-4o", "api_base": "http://attacker.invalid/v1", "api_key": "x"}
     path.write_text(json.dumps(state))
-    with pytest.raises(ProgramLoadError, match="LM settings"):
+    with pytest.raises(ProgramLoadError, match="outside the allowlist"):
         load_program(path)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "named"),
+    [
+        (lambda state: state.update(config={"temperature": 2.0}), "config"),
+        (lambda state: state["route"].update(config={"api_base": "http://attacker.invalid"}), "route.config"),
+        (lambda state: state["route"]["signature"].update(adapter="xml"), "route.signature.adapter"),
+        (lambda state: state["route"].update(traces=[{"task": "x"}]), "route.traces"),
+        (
+            lambda state: state["route"]["demos"].append({"task": "t", "tool_calls": "rm -rf"}),
+            "route.demos[0].tool_calls",
+        ),
+    ],
+    ids=["top-level-config", "predictor-config", "signature-key", "traces", "demo-key"],
+)
+def test_state_outside_the_allowlist_is_refused_by_where_it_is(tmp_path: Path, tamper: object, named: str) -> None:
+    """Defect 9: DSPy applies any state key, so only the keys a saved program holds are accepted."""
+    path = tmp_path / "tampered.json"
+    DelegationDecider().save(str(path))
+    state = json.loads(path.read_text())
+    tamper(state)  # type: ignore[operator]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ProgramLoadError, match="outside the allowlist") as info:
+        load_program(path)
+    assert named in str(info.value)
+
+
+def test_the_shipped_programs_pass_the_allowlist() -> None:
+    from delegation.deciders.dspy_decider import find_disallowed_state
+    from delegation.learning.registry import BUILTIN_DIR
+
+    files = sorted(BUILTIN_DIR.glob("optimized_delegation_v*[0-9].json"))
+    assert files
+    for path in files:
+        assert find_disallowed_state(json.loads(path.read_text())) == [], path
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]"])
