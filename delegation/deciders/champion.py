@@ -25,6 +25,8 @@ class ChampionRegistry(Protocol):
 
     def load(self, version: int) -> LoadedProgram: ...
 
+    def earlier_champions(self) -> list[int]: ...
+
 
 class ChampionProgram:
     """Serves the champion and follows the pointer without a restart; a bad artifact never replaces a good one."""
@@ -60,11 +62,35 @@ class ChampionProgram:
             try:
                 loaded = self.registry.load(version)
             except ProgramLoadError as err:
-                logger.error("refusing artifact version {}: {}; still serving {}", version, err, self._loaded.version)
-                return self._loaded
+                if self._serving is not None:
+                    logger.error(
+                        "refusing artifact version {}: {}; still serving {}", version, err, self._loaded.version
+                    )
+                    return self._loaded
+                # Nothing good loaded yet (a start): the last good version, not the unoptimized module.
+                logger.error("refusing artifact version {}: {}", version, err)
+                return self._serve_last_good(version)
             logger.info("now serving DSPy program {} (was {})", loaded.version, self._loaded.version)
             self._loaded, self._serving = loaded, version
             return loaded
+
+    def _serve_last_good(self, refused: int) -> LoadedProgram:
+        try:
+            candidates = self.registry.earlier_champions()
+        except ProgramLoadError as err:
+            logger.error("artifact registry unreadable, serving {}: {}", self._loaded.version, err)
+            return self._loaded
+        for version in candidates:
+            try:
+                loaded = self.registry.load(version)
+            except ProgramLoadError as err:
+                logger.error("refusing artifact version {} too: {}", version, err)
+                continue
+            logger.warning("champion {} refused: serving the last good version {}", refused, loaded.version)
+            self._loaded, self._serving = loaded, version
+            return loaded
+        logger.error("no earlier version can be served either: serving {}", self._loaded.version)
+        return self._loaded
 
     @property
     def current(self) -> LoadedProgram:

@@ -145,6 +145,8 @@ class ArtifactRegistry:
             return path.name, path.read_bytes(), manifest_path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise RegistryError(f"artifact version {version} has no manifest {manifest_path}") from None
+        except UnicodeDecodeError as err:
+            raise RegistryError(f"manifest {manifest_path} is not UTF-8 (byte {err.start})") from None
 
     def _state(self) -> _RegistryState:
         return _parse_state(self.store.read_pointer().state_json, self.describe())
@@ -165,6 +167,18 @@ class ArtifactRegistry:
         """The current champion: the pointer, else the newest shipped version whose manifest says champion."""
         state = self._state()
         return state.champion if state.champion is not None else self._shipped_champion()
+
+    def earlier_champions(self) -> list[int]:
+        """Versions to fall back on when the champion cannot be served: earlier champions, newest first,
+        then the shipped champion (never the current champion itself)."""
+        state = self._state()
+        current = self.champion()
+        order = [*reversed(state.history), *([self._shipped_champion()] if state.champion is not None else [])]
+        seen: list[int] = []
+        for version in order:
+            if version is not None and version != current and version not in seen:
+                seen.append(version)
+        return seen
 
     def _shipped_champion(self) -> int | None:
         shipped = []

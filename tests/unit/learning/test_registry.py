@@ -401,6 +401,29 @@ def test_champion_program_follows_promotion_without_a_new_instance(registry: Art
     assert source.current.version == "optimized_delegation_v2"
 
 
+def test_after_a_restart_a_refused_champion_gives_the_last_good_version_not_the_base_module(
+    registry: ArtifactRegistry,
+) -> None:
+    """Defect 7: a worker starting on a tampered champion serves the champion before it."""
+    registry.write_version(_program(with_demo=True), _fields())
+    registry.promote(1)
+    registry.write_version(_program(), _fields())
+    registry.promote(2)
+    _tamper(registry, 2, program=_row(registry, 2)[0][:-20])
+    assert registry.earlier_champions() == [1]
+
+    restarted = ChampionProgram(registry)  # what a worker start builds
+    assert restarted.current.version == "optimized_delegation_v1"
+    assert len(restarted.current.program.route.demos) == 1
+
+
+def test_with_no_earlier_version_that_loads_the_base_module_serves(registry: ArtifactRegistry) -> None:
+    registry.write_version(_program(with_demo=True), _fields())
+    registry.promote(1)
+    _tamper(registry, 1, program="{not json")
+    assert ChampionProgram(registry).current.version == "dspy-base"
+
+
 def test_champion_program_keeps_the_last_good_program_when_the_new_one_is_corrupt(
     registry: ArtifactRegistry,
 ) -> None:
@@ -443,3 +466,14 @@ async def test_decider_reports_the_champion_in_force_at_call_time(registry: Arti
     assert decider.program_version == "optimized_delegation_v2"
     # One call each: the DummyLM's two answers were used in turn (its history is off, defect 8).
     assert (first.decision.confidence, second.decision.confidence) == (0.9, 0.8)
+
+
+def test_a_non_utf8_shipped_manifest_is_refused_by_name_and_does_not_stop_serving(
+    registry: ArtifactRegistry,
+) -> None:
+    registry.builtin_dir.mkdir(parents=True)
+    DelegationDecider().save(str(registry.builtin_dir / "optimized_delegation_v1.json"))
+    (registry.builtin_dir / "optimized_delegation_v1.manifest.json").write_bytes(b'{"version": 1, "status": "\xff"}')
+    with pytest.raises(RegistryError, match="is not UTF-8"):
+        registry.manifest(1)
+    assert ChampionProgram(registry).current.version == "dspy-base"
