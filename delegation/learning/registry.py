@@ -40,6 +40,8 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "artifacts"
 REOPTIMIZATION_ACTOR = "reoptimization"
 Status = Literal["candidate", "champion", "retired", "rejected"]
 _NAME = re.compile(r"^optimized_delegation_v(\d+)\.json$")
+# write_atomically's temporary files for a version's program or manifest: ".<final name>.<random>".
+_TEMP_PREFIX = ".optimized_delegation_v"
 
 
 class RegistryError(ProgramLoadError):
@@ -233,7 +235,10 @@ class ArtifactRegistry:
     # ---- writing ------------------------------------------------------------------------------
 
     def check_destination(self, directory: Path | None = None) -> None:
-        """Refuse a destination other than the store (None) or the shipped folder, before any work."""
+        """Refuse a destination other than the store (None) or the shipped folder, before any work.
+
+        The shipped folder is swept first: what a writer killed mid-write left there goes.
+        """
         if directory is None:
             return
         if directory.resolve() != self.builtin_dir.resolve():
@@ -241,8 +246,27 @@ class ArtifactRegistry:
                 f"versions are written to {self.describe()}, or shipped to {self.builtin_dir}; not to {directory}"
             )
         directory.mkdir(parents=True, exist_ok=True)
+        self.sweep_shipped_folder()
         if not os.access(directory, os.W_OK):
             raise RegistryError(f"{directory} is not writable")
+
+    def sweep_shipped_folder(self) -> list[Path]:
+        """Remove temporary files and program files without a manifest (a killed writer's leftovers).
+
+        The manifest is written last, so a program file without one was never a version. One
+        writer at a time ships to this folder (a developer's optimizer run).
+        """
+        removed: list[Path] = []
+        if not self.builtin_dir.is_dir():
+            return removed
+        for path in sorted(self.builtin_dir.iterdir()):
+            match = _NAME.match(path.name)
+            orphan = match is not None and not path.with_name(manifest_filename(int(match.group(1)))).exists()
+            if path.name.startswith(_TEMP_PREFIX) or orphan:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+                logger.warning("removed {} left by an interrupted write", path)
+        return removed
 
     def write_version(
         self, program: Any, manifest_fields: dict[str, Any], *, directory: Path | None = None
