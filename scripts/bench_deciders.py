@@ -45,7 +45,10 @@ class TokenCounting:
     prefix cache makes grow, so the benchmark prints them.
     """
 
-    def __init__(self, inner: Decider, metrics_url: str | None, counts: dict[str, tuple[float, float]]) -> None:
+    def __init__(
+        self, inner: Decider, metrics_url: str | None, counts: dict[str, tuple[float, float]], api_key: str = ""
+    ) -> None:
+        self.api_key = api_key
         self.inner = inner
         self.metrics_url = metrics_url
         self.counts = counts
@@ -62,7 +65,8 @@ class TokenCounting:
         if self.metrics_url is None:
             return None
         try:
-            with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            request = urllib.request.Request(self.metrics_url, headers={"Authorization": f"Bearer {self.api_key}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
                 text = response.read().decode()
         except OSError:
             self.metrics_url = None  # not a llama.cpp server with metrics: no counts
@@ -158,7 +162,8 @@ def main(
             endpoint = getattr(inner, "_endpoint", None)
             embedded = bool(getattr(endpoint, "embedded", False))
             url = str(getattr(endpoint, "base_url", "")).removesuffix("/v1") + "/metrics" if embedded else None
-            return TokenCounting(inner, url, counts)
+            key = endpoint.api_key.get_secret_value() if endpoint is not None else ""
+            return TokenCounting(inner, url, counts, key)
 
         # Once through, so the timed pass starts from a warm prefix as a served worker does after its warm-up.
         _run(fresh(), examples[:1], f"{label}: warming the prefix")

@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         return self.data_dir / "models"
 
     @property
+    def embedded_llm_key_path(self) -> Path:
+        """The embedded LLM server's API key (mode 0600), new at each start of the server on this port."""
+        return self.run_dir / f"llm_api_key.{self.local_llm_port}"
+
+    @property
     def run_dir(self) -> Path:
         """Pid files and logs of the background stack."""
         return self.data_dir / "run"

@@ -106,12 +106,20 @@ def _resolve_location(settings: Settings) -> LLMEndpoint:
         )
     return LLMEndpoint(
         base_url=embedded_base_url(settings),
-        api_key=_NO_KEY,
+        api_key=embedded_api_key(settings),
         model=EMBEDDED_MODEL_NAME,
         timeout_s=settings.llm_timeout_s,
         max_tokens=settings.llm_max_tokens,
         embedded=True,
     )
+
+
+def embedded_api_key(settings: Settings) -> SecretStr:
+    """The key the embedded server wrote at its start; none before it ever started (then calls get 401)."""
+    try:
+        return SecretStr(settings.embedded_llm_key_path.read_text(encoding="ascii").strip())
+    except FileNotFoundError:
+        return _NO_KEY
 
 
 def build_async_openai(endpoint: LLMEndpoint) -> AsyncOpenAI:

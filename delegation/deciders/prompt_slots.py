@@ -50,23 +50,24 @@ def prefix_key(model: str, messages: list[dict[str, str]]) -> str:
     return digest[:24]
 
 
-async def save_slot(base_url: str, slot: int, filename: str, timeout_s: float) -> bool:
+async def save_slot(base_url: str, slot: int, filename: str, timeout_s: float, api_key: str = "") -> bool:
     """Ask the llama.cpp server to save a slot's prompt and KV cache; False when it cannot (logged by the caller)."""
-    return await _slot_action(base_url, slot, "save", filename, timeout_s)
+    return await _slot_action(base_url, slot, "save", filename, timeout_s, api_key)
 
 
-async def restore_slot(base_url: str, slot: int, filename: str, timeout_s: float) -> bool:
+async def restore_slot(base_url: str, slot: int, filename: str, timeout_s: float, api_key: str = "") -> bool:
     """Load a saved prompt into a slot; False when there is no such file or the server refuses it."""
-    return await _slot_action(base_url, slot, "restore", filename, timeout_s)
+    return await _slot_action(base_url, slot, "restore", filename, timeout_s, api_key)
 
 
-async def _slot_action(base_url: str, slot: int, action: str, filename: str, timeout_s: float) -> bool:
+async def _slot_action(base_url: str, slot: int, action: str, filename: str, timeout_s: float, api_key: str) -> bool:
     import httpx
 
     url = f"{base_url.removesuffix('/v1')}/slots/{slot}?action={action}"
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
-            response = await client.post(url, json={"filename": filename})
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            response = await client.post(url, json={"filename": filename}, headers=headers)
     except httpx.HTTPError:
         return False
     return response.status_code == 200

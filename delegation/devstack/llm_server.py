@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from loguru import logger
 from delegation.core.names import EMBEDDED_MODEL_NAME
 from delegation.core.settings import Settings, get_settings
 from delegation.devstack.model_file import ensure_model_file
+from delegation.store.files import write_atomically
 
 
 class LocalServerError(RuntimeError):
@@ -40,11 +42,24 @@ def slot_save_dir(settings: Settings) -> Path:
     return settings.data_dir / "llm_slots"
 
 
+def new_api_key(settings: Settings) -> str:
+    """A random key for this start of the server, written 0600 where the workers read it."""
+    key = secrets.token_urlsafe(32)
+    # write_atomically's temporary file is created 0600 (mkstemp), and renamed into place whole.
+    write_atomically(settings.embedded_llm_key_path, lambda handle: handle.write(key.encode("ascii")))
+    return key
+
+
 def start_server(settings: Settings, path: Path) -> object:
-    """Start the in-process llama.cpp server; it serves from its own threads until the process exits."""
+    """Start the in-process llama.cpp server; it serves from its own threads until the process exits.
+
+    Every request but ``/health`` needs the key ``new_api_key`` wrote for this start: a process
+    on the machine that cannot read the key file cannot use the model.
+    """
     import xllamacpp
 
     params = xllamacpp.CommonParams()
+    params.api_keys = [new_api_key(settings)]
     params.model.path = str(path)
     params.hostnames = [settings.bind_host]
     params.port = settings.local_llm_port

@@ -155,14 +155,18 @@ async def warm_up(deps: WorkerDependencies, on_step: Callable[[str], None] | Non
             custom = probe.assignees is not None
             slot = None if plan is None else plan.slot_for(variant, custom)
             started = time.perf_counter()
-            restored = slot is not None and await restore_slot(endpoint.base_url, slot, filename, WARM_UP_TIMEOUT_S)
+            restored = slot is not None and await restore_slot(
+                endpoint.base_url, slot, filename, WARM_UP_TIMEOUT_S, endpoint.api_key.get_secret_value()
+            )
             try:
                 await decider.decide(probe)
             except Exception as err:  # warm-up is best effort
                 logger.warning("warm-up of the {} decider failed: {}", variant, deps.endpoint.redact(str(err)))
                 continue
             if slot is not None and not restored and not custom:
-                await save_slot(endpoint.base_url, slot, filename, WARM_UP_TIMEOUT_S)
+                await save_slot(
+                    endpoint.base_url, slot, filename, WARM_UP_TIMEOUT_S, endpoint.api_key.get_secret_value()
+                )
             line = (
                 f"warm-up of the {variant} decider ({'custom list' if custom else 'default team'}) took "
                 f"{time.perf_counter() - started:.1f} s{' (prefix restored from disk)' if restored else ''}"

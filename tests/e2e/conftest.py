@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from delegation.core.settings import PROJECT_ROOT, Settings
-from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
+from delegation.deciders.endpoint import LLMEndpoint, embedded_base_url, resolve_endpoint
 from delegation.devstack.llm_server import wait_until_ready
 
 
@@ -37,10 +37,12 @@ def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLME
             env=env,
             cwd=PROJECT_ROOT,
         )
-    endpoint = resolve_endpoint(Settings(LOCAL_LLM_PORT=port, LLM_TIMEOUT_S=120))  # type: ignore[call-arg]
+    settings = Settings(LOCAL_LLM_PORT=port, LLM_TIMEOUT_S=120, DATA_DIR=PROJECT_ROOT / "data")  # type: ignore[call-arg]
     try:
         try:
-            wait_until_ready(endpoint.base_url, 300.0)
+            wait_until_ready(embedded_base_url(settings), 300.0)
+            # Resolved once the server is up: it writes its key for this start (0600) as it starts.
+            endpoint = resolve_endpoint(settings)
         except Exception:
             tail = log_path.read_text(errors="replace")[-2000:]
             pytest.fail(f"the embedded LLM did not start:\n{tail}")

@@ -70,9 +70,11 @@ async def test_a_warm_slot_is_saved_under_the_data_folder_and_restored(embedded_
     filename = f"e2e-{uuid.uuid4().hex[:8]}.bin"
     saved = PROJECT_ROOT / "data" / "llm_slots" / filename
     try:
-        assert await save_slot(endpoint.base_url, OFFLINE_SLOT, filename, 60)
+        assert await save_slot(endpoint.base_url, OFFLINE_SLOT, filename, 60, endpoint.api_key.get_secret_value())
         assert saved.is_file() and saved.stat().st_size > 0  # in the folder, not beside it
-        assert await restore_slot(endpoint.base_url, OFFLINE_SLOT, filename, 60)
-        assert not await restore_slot(endpoint.base_url, OFFLINE_SLOT, "missing.bin", 60)
+        assert await restore_slot(endpoint.base_url, OFFLINE_SLOT, filename, 60, endpoint.api_key.get_secret_value())
+        assert not await restore_slot(
+            endpoint.base_url, OFFLINE_SLOT, "missing.bin", 60, endpoint.api_key.get_secret_value()
+        )
     finally:
         saved.unlink(missing_ok=True)
