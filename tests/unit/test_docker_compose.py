@@ -73,3 +73,11 @@ def test_workers_share_the_app_database_beside_temporals() -> None:
     (init,) = [v for v in SERVICES["postgresql"]["volumes"] if "docker-entrypoint-initdb.d" in v]
     script = Path(__file__).resolve().parents[2] / init.split(":")[0]
     assert "CREATE DATABASE delegation" in script.read_text()
+
+
+def test_the_llm_service_requires_the_key_the_workers_send() -> None:
+    """Defect 12: on the compose network the llm service is reachable by every container."""
+    command = COMPOSE["services"]["llm"]["command"]
+    key = command[command.index("--api-key") + 1]
+    assert key.startswith("${LLM_API_KEY:?")
+    assert COMPOSE["services"]["worker"]["environment"]["LLM_API_KEY"] == key
