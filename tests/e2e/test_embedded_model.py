@@ -33,6 +33,9 @@ async def test_decision_on_the_embedded_model(
         LLM_TIMEOUT_S=embedded_endpoint.timeout_s,
         DATA_DIR=tmp_path,
     )
+    # This worker's data folder is the test's own: give it the key the server wrote for this start.
+    settings.embedded_llm_key_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.embedded_llm_key_path.write_text(embedded_endpoint.api_key.get_secret_value(), encoding="ascii")
     deps = build_dependencies(settings)
     assert deps.endpoint.embedded and deps.endpoint.base_url == embedded_endpoint.base_url
     deps.flags = flag_provider(tmp_path)
