@@ -32,7 +32,7 @@ from delegation.deciders.label_first import (
     request_turn,
     system_text,
 )
-from delegation.deciders.policy import POLICY, format_candidates, format_task
+from delegation.deciders.policy import MAX_REASKS, POLICY, format_candidates, format_task
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from delegation.deciders.endpoint import LLMEndpoint
 
 PROGRAM_VERSION = "instructor-v2"
-# Instructor re-asks only when the answer fails validation; transport errors go to Temporal.
-MAX_REASKS = 1
 
 # Hand-written, one per kind of case a reviewer would want the model to see: the two rules that
 # are most often confused, work the assistant keeps, and a task that tries to steer the choice.

@@ -9,6 +9,13 @@ from collections.abc import Iterable
 
 from delegation.core.models import Assignee
 
+# Instructor re-asks only when the answer fails validation; transport errors go to Temporal.
+MAX_REASKS = 1
+# LLM calls one decision attempt may make (the answer and its re-asks): the attempt's timeout covers
+# them all, each bounded by the client timeout. (Once per process, the switch to a generated
+# confidence on an endpoint without logprobs asks again; that attempt may time out and retry.)
+MAX_LLM_CALLS_PER_ATTEMPT = 1 + MAX_REASKS
+
 POLICY = """\
 Decide who handles a task: the assistant itself ("self") or one of the candidates.
 Rules, first match wins:

@@ -22,6 +22,7 @@ from delegation.activities.recording import RecordActivities
 from delegation.core.models import Assignee, DelegationRequest, Variant
 from delegation.core.settings import Settings, get_settings
 from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
+from delegation.deciders.policy import MAX_LLM_CALLS_PER_ATTEMPT
 from delegation.deciders.protocol import Decider
 from delegation.rollout.control import RolloutControl
 from delegation.rollout.flags import FeatureFlagProvider, provider_for
@@ -176,6 +177,12 @@ async def warm_up(deps: WorkerDependencies, on_step: Callable[[str], None] | Non
                 on_step(line)
 
 
+def decide_attempt_timeout_s(llm_timeout_s: float, queue_wait_s: float = 0.0) -> float:
+    """Start-to-close of one decider attempt: the wait for an LLM slot, then every call the attempt
+    may make (Instructor's re-ask too) at the client timeout each, and a margin: never cut mid-call."""
+    return queue_wait_s + MAX_LLM_CALLS_PER_ATTEMPT * llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S
+
+
 def build_worker(
     client: Client,
     deps: WorkerDependencies,
@@ -200,7 +207,7 @@ def build_worker(
     queue_wait = queue_timeout_s if decider_activity == "local" else 0.0
     flags = FlagActivities(
         deps.flags,
-        decide_timeout_s=queue_wait + llm_timeout_s + _DECIDE_TIMEOUT_MARGIN_S,
+        decide_timeout_s=decide_attempt_timeout_s(llm_timeout_s, queue_wait),
         decider_activity=decider_activity,
         guardrail=Guardrail(deps.store, deps.rollout_control(), deps.guardrail_limits),
     )

@@ -10,8 +10,8 @@ from temporalio.exceptions import ApplicationError
 from delegation.activities.deciders import as_application_error
 from delegation.core.team import default_team
 from delegation.deciders.endpoint import build_async_openai
-from delegation.deciders.instructor_decider import HANDWRITTEN_EXAMPLES, MAX_REASKS, InstructorDecider
-from delegation.deciders.policy import POLICY
+from delegation.deciders.instructor_decider import HANDWRITTEN_EXAMPLES, InstructorDecider
+from delegation.deciders.policy import MAX_REASKS, POLICY
 from tests.support.factories import CUSTOM_TEAM, TEST_API_KEY, endpoint_for, request
 from tests.support.scripted_openai import ScriptedOpenAI, error, last_user_text, routing_answer
 

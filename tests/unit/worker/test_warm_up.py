@@ -52,3 +52,13 @@ async def test_a_failing_endpoint_does_not_stop_the_worker(tmp_path: Path) -> No
     with ScriptedOpenAI(lambda _: (500, {"error": {"message": "down"}})) as server:
         await warm_up(_deps(server, tmp_path))  # logged, not raised
     assert len(server.requests) == 4
+
+
+def test_a_decider_attempt_outlasts_every_call_it_may_make() -> None:
+    """Defect 10: with LLM_TIMEOUT_S=60 an Instructor answer and its re-ask may take 120 s."""
+    from delegation.deciders.policy import MAX_LLM_CALLS_PER_ATTEMPT, MAX_REASKS
+    from delegation.worker.main import decide_attempt_timeout_s
+
+    assert MAX_LLM_CALLS_PER_ATTEMPT == 1 + MAX_REASKS
+    assert decide_attempt_timeout_s(60.0) > (1 + MAX_REASKS) * 60.0
+    assert decide_attempt_timeout_s(60.0, queue_wait_s=300.0) > 300.0 + (1 + MAX_REASKS) * 60.0
