@@ -50,10 +50,8 @@ class FlagActivities:
         try:
             return await asyncio.wait_for(asyncio.to_thread(self._provider.read), self._read_budget_s)
         except TimeoutError:
-            return FlagsReading(
-                flags=safe_flags(),
-                error=f"flags not read within {self._read_budget_s:.0f} s from {self._provider.describe()}",
-                safe_default=True,
+            return self._provider.safe_default(
+                f"flags not read within {self._read_budget_s:.0f} s from {self._provider.describe()}"
             )
 
     async def _flags_and_guardrail(self) -> tuple[FeatureFlags, str | None, str | None]:
@@ -84,7 +82,7 @@ class FlagActivities:
         except Exception as err:  # a bug here must not cost the decision
             flags_error = f"flags step failed ({type(err).__name__})"
             logger.exception("{}; DSPy is off for this decision (Instructor)", flags_error)
-            flags, guardrail_reason = safe_flags(), None
+            flags, guardrail_reason = self._provider.safe_default(flags_error).flags, None
         bucket = rollout_bucket(routing.routing_key)
         return RoutingChoice(
             use_dspy_delegation=flags.use_dspy_delegation,

@@ -174,22 +174,23 @@ class FeatureFlagProvider:
         try:
             flags = self.resolve(self.live_values())
         except FlagsFileError as err:
-            return self._safe_default(str(err))
+            return self.safe_default(str(err))
         except ValidationError as err:
             sources = f"{self.describe()}, environment, env file {self.env_file}"
-            return self._safe_default(f"{describe_validation_error(err, model_name='feature flags')} (from {sources})")
+            return self.safe_default(f"{describe_validation_error(err, model_name='feature flags')} (from {sources})")
         except UnicodeDecodeError as err:
-            return self._safe_default(f"env file {self.env_file} is not UTF-8 (byte {err.start})")
+            return self.safe_default(f"env file {self.env_file} is not UTF-8 (byte {err.start})")
         except OSError as err:
             where = err.filename or self.env_file
-            return self._safe_default(f"flags cannot be read from {where}: {err.strerror or type(err).__name__}")
+            return self.safe_default(f"flags cannot be read from {where}: {err.strerror or type(err).__name__}")
         except Exception as err:  # never let a flags read fail a decision
-            return self._safe_default(f"flags cannot be read ({type(err).__name__}) from {self.describe()}")
+            return self.safe_default(f"flags cannot be read ({type(err).__name__}) from {self.describe()}")
         with self._lock:
             self._last_good = flags
         return FlagsReading(flags=flags)
 
-    def _safe_default(self, error: str) -> FlagsReading:
+    def safe_default(self, error: str) -> FlagsReading:
+        """The reading for a failed read: DSPy off, the logging flag as the last good read had it."""
         with self._lock:
             last_good = self._last_good
         return FlagsReading(flags=safe_flags(last_good), error=error, safe_default=True)
@@ -202,10 +203,9 @@ class FeatureFlagProvider:
 SAFE_DEFAULT_NOTE = "the safe default in force: DSPy off, Instructor decides"
 
 
-def safe_flags(last_good: FeatureFlags | None = None) -> FeatureFlags:
+def safe_flags(last_good: FeatureFlags) -> FeatureFlags:
     """The flags in force when they cannot be read: DSPy off (Instructor decides), logging as it last was."""
-    logging = last_good.log_delegation_decisions if last_good is not None else True
-    return FeatureFlags(log_delegation_decisions=logging)
+    return FeatureFlags(log_delegation_decisions=last_good.log_delegation_decisions)
 
 
 def bootstrap_from_file(store: FlagStore, flags_file: Path) -> bool:

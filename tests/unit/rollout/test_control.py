@@ -325,7 +325,9 @@ async def test_flags_that_do_not_arrive_within_the_budget_give_instructor(tmp_pa
     import time
 
     provider = flag_provider(tmp_path)
-    set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100})
+    set_flags(
+        provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100, "LOG_DELEGATION_DECISIONS": False}
+    )
     real_read = provider.store.read
 
     def slow_read() -> object:
@@ -339,6 +341,7 @@ async def test_flags_that_do_not_arrive_within_the_budget_give_instructor(tmp_pa
     assert time.perf_counter() - started < 0.9
     assert choice.variant == "instructor"
     assert choice.flags_error is not None and "not read within" in choice.flags_error
+    assert choice.log_delegation_decisions is False, "the safe default turned the operator's logging opt-out back on"
 
 
 # ---- `delegation rollout status` ----------------------------------------------------------------
