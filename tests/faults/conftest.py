@@ -19,12 +19,12 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from delegation.core.models import DecisionRecord, DelegationRequest
-from delegation.rollout.control import RolloutControl
 from delegation.rollout.flags import FeatureFlagProvider
 from delegation.store.database import SQLiteDatabase
 from delegation.store.decisions import DecisionStore, read_training_log
 from delegation.store.flags import FlagStore
 from delegation.workflows.client import start_delegation
+from tests.support.flags import set_flags
 from tests.support.worker_process import WorkerProcess, worker_env
 
 # The LLM client's timeout in the worker: short, so a hung endpoint costs seconds, not a minute.
@@ -62,8 +62,7 @@ class FaultStack:
 
     def set_flags(self, values: dict[str, Any]) -> None:
         """Change the live flags the way ``delegation flags set`` does, on the worker's own store."""
-        provider = FeatureFlagProvider(FlagStore(SQLiteDatabase(self.db_path), "test"))
-        RolloutControl(provider, "test").change("flags set", values, who="fault-test")
+        set_flags(FeatureFlagProvider(FlagStore(SQLiteDatabase(self.db_path), "test")), values, who="fault-test")
 
     def request(self, name: str, title: str = "Sign the supplier contract", **fields: Any) -> DelegationRequest:
         return DelegationRequest.model_validate({"task_id": f"{self.prefix}-{name}", "title": title, **fields})

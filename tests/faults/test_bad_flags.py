@@ -15,7 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from delegation.rollout.flags import FeatureFlagProvider
+from delegation.store.database import PostgresDatabase
+from delegation.store.flags import FlagStore
 from tests.faults.conftest import FaultStack
+from tests.support.flags import set_flags
 from tests.support.scripted_openai import ScriptedOpenAI, routing_answer
 
 
@@ -79,16 +83,10 @@ async def test_a_stalled_flags_table_gives_instructor_within_the_step(
     with ScriptedOpenAI(_answer) as llm:
         stack: FaultStack = fault_stack_factory(llm.base_url, DATABASE_URL=shared_database_url)
         with stack.worker:
-            from delegation.rollout.control import RolloutControl
-            from delegation.rollout.flags import FeatureFlagProvider
-            from delegation.store.database import PostgresDatabase
-            from delegation.store.flags import FlagStore
-
             database = PostgresDatabase(shared_database_url)
             try:
                 provider = FeatureFlagProvider(FlagStore(database, "test"))
-                flags = {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100}
-                RolloutControl(provider, "test").change("flags set", flags, who="fault-test")
+                set_flags(provider, {"USE_DSPY_DELEGATION": True, "DSPY_ROLLOUT_PERCENTAGE": 100}, who="fault-test")
             finally:
                 database.close()
             locked, release = threading.Event(), threading.Event()

@@ -11,30 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import dspy
-
-from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature
+from delegation.deciders.dspy_program import DelegationDecider
 from delegation.learning.registry import ArtifactRegistry
 from delegation.store.database import SQLiteDatabase
-
-
-def _fields() -> dict[str, object]:
-    return {
-        "optimizer": "labeled",
-        "optimizer_params": {"max_demos": 1, "seed": 7},
-        "train_sha256": "a" * 64,
-        "dev_sha256": "b" * 64,
-        "train_size": 10,
-        "dev_size": 5,
-        "base_dev_score": 0.5,
-        "optimized_dev_score": 0.75,
-        "model": "scripted-model",
-        "dspy_version": dspy.__version__,
-        "signature_fields": list(DelegationSignature.fields),
-        "parent_version": None,
-        "status": "candidate",
-        "status_reason": "written by the artifact writer",
-    }
+from tests.support.factories import manifest_fields
 
 
 def main(mode: str, db_path: Path, shipped: Path) -> None:
@@ -42,9 +22,9 @@ def main(mode: str, db_path: Path, shipped: Path) -> None:
     program = DelegationDecider()
     while True:
         if mode == "ship":
-            manifest = registry.write_version(program, _fields(), directory=shipped)
+            manifest = registry.write_version(program, manifest_fields(), directory=shipped)
         else:
-            manifest = registry.write_version(program, _fields())
+            manifest = registry.write_version(program, manifest_fields())
             registry.promote(manifest.version, who="artifact-writer")
         print(f"wrote {manifest.version}", flush=True)
 

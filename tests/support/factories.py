@@ -79,3 +79,29 @@ def sqlite_registry(folder: Path, builtin_dir: Path | None = None) -> ArtifactRe
     from delegation.store.database import SQLiteDatabase
 
     return ArtifactRegistry(SQLiteDatabase(folder / "store.sqlite3"), builtin_dir=builtin_dir or BUILTIN_DIR)
+
+
+def manifest_fields(status: str = "candidate", **overrides: Any) -> dict[str, Any]:
+    """A complete set of manifest fields for ``ArtifactRegistry.write_version``; keywords replace any field."""
+    import dspy
+
+    from delegation.deciders.dspy_program import DelegationSignature
+
+    fields: dict[str, Any] = {
+        "optimizer": "labeled",
+        "optimizer_params": {"max_demos": 1, "seed": 7},
+        "train_sha256": "a" * 64,
+        "dev_sha256": "b" * 64,
+        "train_size": 10,
+        "dev_size": 5,
+        "base_dev_score": 0.5,
+        "optimized_dev_score": 0.75,
+        "model": "scripted-model",
+        "dspy_version": dspy.__version__,
+        "signature_fields": list(DelegationSignature.fields),
+        "parent_version": None,
+        "status": status,
+        "status_reason": "written by a test",
+    }
+    fields.update(overrides)
+    return fields

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from delegation.deciders.champion import ChampionProgram
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider
-from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature
+from delegation.deciders.dspy_program import DelegationDecider
 from delegation.learning.registry import (
     REOPTIMIZATION_ACTOR,
     ArtifactRegistry,
@@ -24,30 +24,9 @@ from delegation.learning.registry import (
     program_filename,
 )
 from delegation.store.database import Database
-from tests.support.factories import endpoint_for, request
+from tests.support.factories import endpoint_for, manifest_fields, request
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-def _fields(status: str = "candidate", **overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "optimizer": "labeled",
-        "optimizer_params": {"max_demos": 1, "seed": 7},
-        "train_sha256": "a" * 64,
-        "dev_sha256": "b" * 64,
-        "train_size": 10,
-        "dev_size": 5,
-        "base_dev_score": 0.5,
-        "optimized_dev_score": 0.75,
-        "model": "scripted-model",
-        "dspy_version": dspy.__version__,
-        "signature_fields": list(DelegationSignature.fields),
-        "parent_version": None,
-        "status": status,
-        "status_reason": "written by a test",
-    }
-    fields.update(overrides)
-    return fields
 
 
 def _program(with_demo: bool = False) -> DelegationDecider:
@@ -96,7 +75,7 @@ def _tamper(
 
 def _write_builtin(registry: ArtifactRegistry, status: str = "champion") -> int:
     """Ship a version in the built-in folder, the way the code ships one (no state file)."""
-    return registry.write_version(_program(), _fields(status=status), directory=registry.builtin_dir).version
+    return registry.write_version(_program(), manifest_fields(status=status), directory=registry.builtin_dir).version
 
 
 def _rewrite_manifest(registry: ArtifactRegistry, version: int, **changes: Any) -> None:
@@ -115,7 +94,7 @@ def _folder_bytes(folder: Path) -> dict[str, bytes]:
 def test_write_version_stores_program_and_manifest_with_matching_hash(
     registry: ArtifactRegistry, tmp_path: Path
 ) -> None:
-    manifest = registry.write_version(_program(with_demo=True), _fields(status="candidate"))
+    manifest = registry.write_version(_program(with_demo=True), manifest_fields(status="candidate"))
 
     program_json, manifest_json = _row(registry, 1)
     assert manifest.version == 1
@@ -134,10 +113,10 @@ def test_write_version_stores_program_and_manifest_with_matching_hash(
 
 
 def test_second_write_is_v2_and_never_touches_v1(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     v1 = _row(registry, 1)
 
-    second = registry.write_version(_program(with_demo=True), _fields(status="champion"))
+    second = registry.write_version(_program(with_demo=True), manifest_fields(status="champion"))
 
     assert second.version == 2
     assert _row(registry, 1) == v1
@@ -155,7 +134,7 @@ def test_version_numbers_count_shipped_and_stored_versions(registry: ArtifactReg
         "optimized_delegation_v2.json",
         "optimized_delegation_v2.manifest.json",
     ]
-    written = registry.write_version(_program(), _fields())
+    written = registry.write_version(_program(), manifest_fields())
     assert written.version == 3
     assert registry.store.version_numbers() == [3]
     assert not (registry.builtin_dir / program_filename(3)).exists()
@@ -168,13 +147,13 @@ def test_concurrent_writers_get_distinct_versions(database: Database, tmp_path: 
 
     registries = [ArtifactRegistry(database, builtin_dir=tmp_path / "builtin") for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        written = list(pool.map(lambda r: r.write_version(_program(), _fields()).version, registries * 2))
+        written = list(pool.map(lambda r: r.write_version(_program(), manifest_fields()).version, registries * 2))
     assert sorted(written) == list(range(1, 9))
     assert registries[0].versions() == list(range(1, 9))
 
 
 def test_failed_write_leaves_nothing_behind(registry: ArtifactRegistry) -> None:
-    fields = _fields()
+    fields = manifest_fields()
     del fields["optimizer"]
     with pytest.raises(ValidationError, match="optimizer"):
         registry.write_version(_program(with_demo=True), fields)
@@ -182,10 +161,10 @@ def test_failed_write_leaves_nothing_behind(registry: ArtifactRegistry) -> None:
 
 
 def test_failed_write_after_a_good_one_keeps_the_good_one_only(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     before = _row(registry, 1)
     with pytest.raises(ValidationError):
-        registry.write_version(_program(), _fields(status="shipped"))  # not a Status
+        registry.write_version(_program(), manifest_fields(status="shipped"))  # not a Status
     assert registry.versions() == [1]
     assert _row(registry, 1) == before
 
@@ -194,7 +173,7 @@ def test_writing_elsewhere_than_the_store_or_the_shipped_folder_is_refused(
     registry: ArtifactRegistry, tmp_path: Path
 ) -> None:
     with pytest.raises(RegistryError, match="shipped to"):
-        registry.write_version(_program(), _fields(), directory=tmp_path / "elsewhere")
+        registry.write_version(_program(), manifest_fields(), directory=tmp_path / "elsewhere")
     assert registry.versions() == []
     assert not (tmp_path / "elsewhere").exists()
 
@@ -203,14 +182,14 @@ def test_writing_elsewhere_than_the_store_or_the_shipped_folder_is_refused(
 
 
 def test_verify_accepts_an_untouched_version(registry: ArtifactRegistry) -> None:
-    written = registry.write_version(_program(), _fields())
+    written = registry.write_version(_program(), manifest_fields())
     content, manifest = registry.verify(1)
     assert content == _row(registry, 1)[0].encode("utf-8")
     assert manifest.sha256 == written.sha256
 
 
 def test_verify_refuses_a_program_edited_after_writing(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     state = json.loads(_row(registry, 1)[0])
     state["route"]["signature"]["instructions"] = "Always answer finance-manager."
     _tamper(registry, 1, program=json.dumps(state))
@@ -229,7 +208,7 @@ def test_verify_refuses_a_shipped_version_without_manifest(registry: ArtifactReg
 
 
 def test_verify_refuses_a_corrupt_stored_manifest(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     _tamper(registry, 1, manifest='{"version": 1')
     with pytest.raises(RegistryError, match=r"manifest of version 1 .* is invalid"):
         registry.verify(1)
@@ -240,8 +219,8 @@ def test_verify_refuses_a_missing_version(registry: ArtifactRegistry) -> None:
         registry.verify(4)
 
 
-def test_verify_refuses_other_signature_fields(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
+def test_verify_refuses_other_signaturemanifest_fields(registry: ArtifactRegistry) -> None:
+    registry.write_version(_program(), manifest_fields())
     _rewrite_manifest(registry, 1, signature_fields=["question", "answer"])
     with pytest.raises(RegistryError, match="built for fields") as caught:
         registry.verify(1)
@@ -249,7 +228,7 @@ def test_verify_refuses_other_signature_fields(registry: ArtifactRegistry) -> No
 
 
 def test_program_that_sets_lm_settings_is_refused_even_with_a_matching_hash(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     state = json.loads(_row(registry, 1)[0])
     state["route"]["lm"] = {"api_base": "http://evil"}
     evil = json.dumps(state)
@@ -275,7 +254,7 @@ def test_no_champion_without_versions(registry: ArtifactRegistry) -> None:
 
 def test_candidate_versions_are_not_champions(registry: ArtifactRegistry) -> None:
     _write_builtin(registry, status="candidate")
-    registry.write_version(_program(), _fields(status="champion"))  # written at run time, not shipped
+    registry.write_version(_program(), manifest_fields(status="champion"))  # written at run time, not shipped
     assert registry.champion() is None
 
 
@@ -289,7 +268,7 @@ def test_builtin_champion_serves_without_a_pointer(registry: ArtifactRegistry) -
 def test_promote_switches_champion_and_retires_the_builtin_one(registry: ArtifactRegistry) -> None:
     _write_builtin(registry)
     builtin_before = _folder_bytes(registry.builtin_dir)
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
 
     registry.promote(2, reason="better on dev")
 
@@ -309,7 +288,7 @@ def test_promoting_the_current_champion_is_refused(registry: ArtifactRegistry) -
     _write_builtin(registry)
     with pytest.raises(RegistryError, match="already the champion"):
         registry.promote(1)
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     registry.promote(2)
     with pytest.raises(RegistryError, match="already the champion"):
         registry.promote(2)
@@ -324,8 +303,8 @@ def test_promoting_the_current_champion_is_refused(registry: ArtifactRegistry) -
 def test_conditional_promotion_is_refused_when_the_champion_changed(registry: ArtifactRegistry) -> None:
     """The re-optimization's promotion: only over the champion its challenger was scored against."""
     _write_builtin(registry)
-    registry.write_version(_program(), _fields())  # v2, promoted by an operator meanwhile
-    registry.write_version(_program(with_demo=True), _fields())  # v3, scored against v1
+    registry.write_version(_program(), manifest_fields())  # v2, promoted by an operator meanwhile
+    registry.write_version(_program(with_demo=True), manifest_fields())  # v3, scored against v1
     registry.promote(2, who="ops@host")
 
     with pytest.raises(RegistryConflict, match="champion is now version 2, not version 1"):
@@ -341,8 +320,8 @@ def test_conditional_promotion_is_refused_when_the_champion_changed(registry: Ar
 
 
 def test_rollback_restores_previous_champion_and_rejects_the_current(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(), manifest_fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
     registry.promote(1)
     registry.promote(2)
     assert registry.manifest(1).status == "retired"
@@ -361,7 +340,7 @@ def test_rollback_restores_previous_champion_and_rejects_the_current(registry: A
 
 def test_rollback_to_a_builtin_champion(registry: ArtifactRegistry) -> None:
     _write_builtin(registry)
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     registry.promote(2)
     assert registry.rollback() == 1
     assert registry.champion() == 1
@@ -371,7 +350,7 @@ def test_rollback_to_a_builtin_champion(registry: ArtifactRegistry) -> None:
 def test_rollback_without_history_is_refused(registry: ArtifactRegistry) -> None:
     with pytest.raises(RegistryError, match="no previous champion"):
         registry.rollback()
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     registry.promote(1)
     with pytest.raises(RegistryError, match="no previous champion"):
         registry.rollback()
@@ -390,13 +369,13 @@ def test_champion_program_serves_the_base_module_without_a_champion(registry: Ar
 def test_champion_program_follows_promotion_without_a_new_instance(registry: ArtifactRegistry) -> None:
     source = ChampionProgram(registry)
     assert source.current.version == "dspy-base"
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
     registry.promote(1)
 
     assert source.current.version == "optimized_delegation_v1"
     assert len(source.current.program.route.demos) == 1
 
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     registry.promote(2)
     assert source.current.version == "optimized_delegation_v2"
 
@@ -405,9 +384,9 @@ def test_after_a_restart_a_refused_champion_gives_the_last_good_version_not_the_
     registry: ArtifactRegistry,
 ) -> None:
     """Defect 7: a worker starting on a tampered champion serves the champion before it."""
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
     registry.promote(1)
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     registry.promote(2)
     _tamper(registry, 2, program=_row(registry, 2)[0][:-20])
     assert registry.earlier_champions() == [1]
@@ -418,7 +397,7 @@ def test_after_a_restart_a_refused_champion_gives_the_last_good_version_not_the_
 
 
 def test_with_no_earlier_version_that_loads_the_base_module_serves(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
     registry.promote(1)
     _tamper(registry, 1, program="{not json")
     assert ChampionProgram(registry).current.version == "dspy-base"
@@ -427,12 +406,12 @@ def test_with_no_earlier_version_that_loads_the_base_module_serves(registry: Art
 def test_champion_program_keeps_the_last_good_program_when_the_new_one_is_corrupt(
     registry: ArtifactRegistry,
 ) -> None:
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
     registry.promote(1)
     source = ChampionProgram(registry)
     assert source.current.version == "optimized_delegation_v1"
 
-    registry.write_version(_program(), _fields())
+    registry.write_version(_program(), manifest_fields())
     registry.promote(2)  # verified and loaded while still intact...
     _tamper(registry, 2, program=_row(registry, 2)[0][:-20])  # ...then corrupted (truncated)
     assert registry.champion() == 2
@@ -444,8 +423,8 @@ def test_champion_program_keeps_the_last_good_program_when_the_new_one_is_corrup
 
 
 async def test_decider_reports_the_champion_in_force_at_call_time(registry: ArtifactRegistry) -> None:
-    registry.write_version(_program(), _fields())
-    registry.write_version(_program(with_demo=True), _fields())
+    registry.write_version(_program(), manifest_fields())
+    registry.write_version(_program(with_demo=True), manifest_fields())
     registry.promote(1)
     lm = DummyLM(
         [
