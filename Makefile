@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint run test test-fast bench stack-up stack-down worker schemas clean
+.PHONY: install browser lint run test test-fast bench stack-up stack-down worker schemas clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version' 
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Debian's chromium, for the Web UI check (installed when missing and run as root).
+browser:
+	bash scripts/ensure_chromium.sh
 
 ## The stack (Temporal dev server + embedded LLM), the monthly schedule, DSPy at 50 %, the sample tasks, then the worker keeps serving.
 run: install
@@ -30,11 +34,11 @@ lint: install
 	$(BIN)/mypy
 
 ## The whole suite: unit, integration (real dev server), replay, e2e (real embedded model).
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 ## Everything but the real-model checks.
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not e2e"
 
 bench: install

@@ -37,7 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from delegation.core.activity_io import DeciderResult
-from delegation.core.converter import DATA_CONVERTER
+from delegation.core.codec import PayloadKeyring, encrypted_data_converter, new_key
 from delegation.core.models import DelegationDecision, DelegationRequest
 from delegation.core.search_attributes import ALL_KEYS
 from delegation.deciders.endpoint import LLMEndpoint
@@ -147,11 +147,16 @@ async def _burst(client: Client, task_queue: str, count: int, eager: bool) -> tu
     return count / (time.perf_counter() - started), list(latencies)
 
 
+# One random keyring per run, shared with the bench worker processes through their environment.
+BENCH_KEYRING = PayloadKeyring(keys={"bench": new_key()}, active_id="bench")
+
+
 @contextmanager
 def _worker_processes(count: int, address: str, task_queue: str, database_url: str, folder: Path) -> Iterator[None]:
     """``count`` worker processes (this script with ``--serve``) on one task queue and store; stopped after."""
     processes = []
-    env = {**os.environ, "BENCH_DATABASE_URL": database_url}  # not on the command line: it may hold a password
+    # Not on the command line: the URL may hold a password, the keys are secret.
+    env = {**os.environ, "BENCH_DATABASE_URL": database_url, "BENCH_PAYLOAD_KEYS": BENCH_KEYRING.to_spec()}
     try:
         for n in range(count):
             log = folder / f"worker-{n}.log"
@@ -190,7 +195,8 @@ async def _serve(task_queue: str, address: str) -> None:
     logger.remove()
     folder = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     deps = _dependencies(PostgresDatabase(os.environ["BENCH_DATABASE_URL"]), folder, rollout=None)
-    client = await Client.connect(address, data_converter=DATA_CONVERTER)
+    keyring = PayloadKeyring.parse(os.environ["BENCH_PAYLOAD_KEYS"])
+    client = await Client.connect(address, data_converter=encrypted_data_converter(keyring))
     worker = build_worker(
         client, deps, task_queue=task_queue, llm_concurrency=500, llm_timeout_s=10, decider_activity="local"
     )
@@ -216,7 +222,7 @@ async def _bench(sequential: int, concurrent: int, rollout: int, burst: int, dat
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_binary()),
         search_attributes=ALL_KEYS,
-        data_converter=DATA_CONVERTER,
+        data_converter=encrypted_data_converter(BENCH_KEYRING),  # as in production: payloads encrypted
         dev_server_log_level="error",
     )
     rows: dict[str, list[float]] = {}

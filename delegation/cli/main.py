@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from delegation.cli import learning_commands, report_commands, rollout_commands, schedule_commands
+from delegation.cli import learning_commands, payload_commands, report_commands, rollout_commands, schedule_commands
 from delegation.core.models import (
     DecisionRecord,
     DelegationFeedback,
@@ -46,6 +46,8 @@ app.command("evaluate")(learning_commands.evaluate_command)
 app.command("compare")(learning_commands.compare_command)
 app.command("optimize")(learning_commands.optimize_command)
 app.command("report")(report_commands.report_command)
+app.command("codec-server")(payload_commands.codec_server_command)
+app.add_typer(payload_commands.keys_app, name="keys")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -153,10 +155,15 @@ def decide_command(
 
 
 async def _connect(settings: Settings) -> Client:
+    from delegation.core.codec import PayloadKeyError
+    from delegation.store.payload_keys import keyring_for
     from delegation.workflows.client import TemporalUnreachable, connect
 
     try:
-        return await connect(settings.temporal_address, settings.temporal_namespace)
+        return await connect(settings.temporal_address, settings.temporal_namespace, keyring=keyring_for(settings))
+    except PayloadKeyError as err:
+        _fail(str(err))
+        raise  # unreachable: _fail exits
     except TemporalUnreachable as err:
         _fail(f"{err}; run `delegation stack up`")
         raise  # unreachable: _fail exits

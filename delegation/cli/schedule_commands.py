@@ -43,10 +43,16 @@ def _run(operation: Callable[[Client], Awaitable[T]]) -> T:
     settings = get_settings()
 
     async def main() -> T:
+        from delegation.core.codec import PayloadKeyError
+        from delegation.store.payload_keys import keyring_for
         from delegation.workflows.client import TemporalUnreachable, connect
 
         try:
-            client = await connect(settings.temporal_address, settings.temporal_namespace)
+            client = await connect(
+                settings.temporal_address, settings.temporal_namespace, keyring=keyring_for(settings)
+            )
+        except PayloadKeyError as err:
+            _fail(str(err))
         except TemporalUnreachable as err:
             _fail(f"{err}: start it with `delegation stack up`")
         try:

@@ -89,7 +89,7 @@ class TrainingSetResult(BaseModel):
     train_size: int = Field(ge=0)
     added: int = Field(ge=0)
     duplicates: int = Field(ge=0, description="Examples skipped because their text is already in some split.")
-    redactions: int = Field(ge=0, description="Emails and phone numbers replaced in the added examples.")
+    redactions: int = Field(ge=0, description="Personal data and credentials replaced in the added examples.")
 
 
 class ChallengerInput(BaseModel):

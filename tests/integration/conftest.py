@@ -15,6 +15,7 @@ from dspy.utils import DummyLM
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from delegation.core.codec import EncryptionCodec
 from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.deciders.dspy_decider import DSPyDecider, load_program
 from delegation.deciders.endpoint import build_async_openai
@@ -25,6 +26,8 @@ from delegation.worker.main import WorkerDependencies, build_worker
 from delegation.workflows.client import start_delegation
 from tests.support.factories import endpoint_for
 from tests.support.flags import flag_provider, set_flags
+from tests.support.history_payloads import decrypt_in_place
+from tests.support.payload_keys import TEST_KEYRING
 from tests.support.scripted_openai import Responder, ScriptedOpenAI
 
 HISTORIES_DIR = Path(__file__).resolve().parents[1] / "histories"
@@ -108,5 +111,8 @@ async def save_history(handle: WorkflowHandle, name: str) -> None:
     if os.environ.get("UPDATE_HISTORIES") != "1":
         return
     history = await handle.fetch_history()
+    # Fixtures are kept in clear: the session's payload key is random, and replay needs no secret.
+    for event in history.events:
+        decrypt_in_place(event, EncryptionCodec(TEST_KEYRING))
     HISTORIES_DIR.mkdir(exist_ok=True)
     (HISTORIES_DIR / f"{name}.json").write_text(history.to_json())

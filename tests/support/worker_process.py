@@ -11,12 +11,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.payload_keys import TEST_KEYRING
+
 SERVING_LINE = "worker serving task queues"
 
 
 def worker_env(base: dict[str, str], **values: str) -> dict[str, str]:
-    """``base`` without the machine's flags, LLM and store settings, plus ``values``."""
-    env = {k: v for k, v in base.items() if not k.startswith(("USE_DSPY", "DSPY_", "LLM_", "DATABASE_URL"))}
+    """``base`` without the machine's flags, LLM, store and key settings, plus the test keyring and ``values``."""
+    skip = ("USE_DSPY", "DSPY_", "LLM_", "DATABASE_URL", "PAYLOAD_ENCRYPTION")
+    env = {k: v for k, v in base.items() if not k.startswith(skip)}
+    env["PAYLOAD_ENCRYPTION_KEYS"] = TEST_KEYRING.to_spec()
     env.update(values)
     return env
 

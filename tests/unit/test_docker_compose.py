@@ -81,3 +81,18 @@ def test_the_llm_service_requires_the_key_the_workers_send() -> None:
     key = command[command.index("--api-key") + 1]
     assert key.startswith("${LLM_API_KEY:?")
     assert COMPOSE["services"]["worker"]["environment"]["LLM_API_KEY"] == key
+
+
+def test_workers_and_the_codec_server_share_the_required_payload_keys_and_the_ui_uses_it() -> None:
+    worker, codec = SERVICES["worker"]["environment"], SERVICES["codec-server"]["environment"]
+    assert worker["PAYLOAD_ENCRYPTION_KEYS"].startswith("${PAYLOAD_ENCRYPTION_KEYS:?")
+    assert codec["PAYLOAD_ENCRYPTION_KEYS"] == worker["PAYLOAD_ENCRYPTION_KEYS"]
+    assert codec["PAYLOAD_ENCRYPTION_KEY_ID"] == worker["PAYLOAD_ENCRYPTION_KEY_ID"]
+    known = {field.alias for field in Settings.model_fields.values()}
+    assert set(codec) <= known, f"variables nothing reads: {set(codec) - known}"
+    assert SERVICES["codec-server"]["command"] == ["python", "-m", "delegation.devstack.codec_server"]
+    published = SERVICES["codec-server"]["ports"][0].split(":")
+    # The browser calls the codec server at the UI's side of the port mapping, from the UI's origin.
+    assert SERVICES["temporal-ui"]["environment"]["TEMPORAL_CODEC_ENDPOINT"] == f"http://localhost:{published[1]}"
+    ui_port = SERVICES["temporal-ui"]["ports"][0].split(":")[1]
+    assert codec["TEMPORAL_UI_PORT"] == ui_port

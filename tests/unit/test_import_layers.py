@@ -3,8 +3,9 @@
 core ← store ← rollout, deciders ← learning ← activities ← workflows ← devstack, worker ← cli.
 Every import counts, at module level or inside a function (a lazy import is still a
 dependency). ``core`` imports nothing but the standard library, pydantic (with
-pydantic-settings) and temporalio; workflow modules import only temporalio and the standard
-library outside ``workflow.unsafe.imports_passed_through()``.
+pydantic-settings), temporalio and cryptography (the payload codec); workflow modules
+import only temporalio and the standard library outside
+``workflow.unsafe.imports_passed_through()``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "worker": {"core", "store", "rollout", "deciders", "learning", "activities", "workflows", "devstack"},
     "cli": {"core", "store", "rollout", "deciders", "learning", "activities", "workflows", "devstack", "worker"},
 }
-CORE_MAY_IMPORT = {"pydantic", "pydantic_core", "pydantic_settings", "temporalio"}
+# cryptography: payload encryption (core/codec.py) is part of the wire contract every client needs.
+CORE_MAY_IMPORT = {"pydantic", "pydantic_core", "pydantic_settings", "temporalio", "cryptography"}
 WORKFLOW_MODULES = ("delegation.py", "feedback.py", "reoptimization.py")
 
 

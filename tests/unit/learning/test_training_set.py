@@ -106,6 +106,40 @@ def test_amounts_dates_ids_versions_and_times_are_untouched(text: str) -> None:
     assert redact(text) == (text, 0)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Lease for 12 Elm Street, Springfield", "Lease for [address], Springfield"),
+        ("Ship to 221B Baker St. by Friday", "Ship to [address] by Friday"),
+        ("Office at Hauptstraße 5, Berlin", "Office at [address], Berlin"),
+        ("Card 4111 1111 1111 1111 was charged twice", "Card [card] was charged twice"),
+        ("Refund 4111-1111-1111-1111", "Refund [card]"),
+        ("Pay IBAN DE89 3704 0044 0532 0130 00 today", "Pay IBAN [iban] today"),
+        ("Pay GB82WEST12345698765432", "Pay [iban]"),
+        ("Our key sk-proj-abcdefghijklmnop1234 leaked", "Our key [secret] leaked"),
+        ("Rotate AKIAIOSFODNN7EXAMPLE now", "Rotate [secret] now"),
+        ("wifi password: hunter2, guest", "wifi [secret] guest"),
+        ("header Bearer eyJhbGciOiJIUzI1NiJ9.payload seen", "header [secret] seen"),
+    ],
+)
+def test_addresses_cards_ibans_and_credentials_are_redacted(text: str, expected: str) -> None:
+    assert redact(text) == (expected, sum(expected.count(p) for p in ("[address]", "[card]", "[iban]", "[secret]")))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Order 1234567890123 shipped",  # 13 digits that fail the Luhn check: an id, not a card
+        "Account DE00 1234 5678 9012 3456 78 is closed",  # IBAN-shaped, wrong check digits
+        "Rotate the token for the CI; the password policy changed",
+        "Ship 3 Main boxes; 10 servers on Rack 4",
+        "Jane Roe asked for a new laptop",  # names stay: no pattern finds them reliably (README)
+    ],
+)
+def test_look_alikes_and_names_are_left(text: str) -> None:
+    assert redact(text) == (text, 0)
+
+
 # ---- versions -----------------------------------------------------------------------------------
 
 
