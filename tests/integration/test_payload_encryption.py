@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -25,11 +26,11 @@ from aiohttp import web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from delegation.core.codec import is_encrypted
-from delegation.core.models import DelegationRequest
+from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.core.settings import PROJECT_ROOT, get_settings
 from delegation.deciders.endpoint import build_async_openai
 from delegation.deciders.instructor_decider import InstructorDecider
@@ -52,6 +53,14 @@ DESCRIPTION = "Call her at +1 415 555 0199 or jane.roe@example.com; 12 Elm Stree
 SECRETS = ("Jane Roe", "555 0199", "jane.roe@example.com", "Elm Street")
 # Screenshots of the UI check land here (`/data/` is in .gitignore): looked at, never committed.
 SCREENSHOT_DIR = PROJECT_ROOT / "data" / "ui-checks"
+
+
+def _chain(err: BaseException | None) -> list[BaseException]:
+    found = []
+    while err is not None:
+        found.append(err)
+        err = err.__cause__
+    return found
 
 
 def _free_port() -> int:
@@ -239,3 +248,55 @@ async def test_the_web_ui_shows_a_decision_through_the_codec_server(stack_env: S
     assert "legal-counsel" in text, "the UI did not show the decrypted result"
     assert "binary/encrypted" not in text
     assert shot.stat().st_size > 10_000
+
+
+async def test_a_worker_without_the_key_loses_nothing_until_one_with_it_takes_over(  # type: ignore[no-untyped-def]
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """A key rollout caught half-way: the workflow waits (its task retried) instead of failing."""
+    from temporalio.client import Client
+
+    from delegation.core.codec import PayloadKeyring, encrypted_data_converter, new_key
+
+    old = PayloadKeyring(keys={"k-old": new_key()}, active_id="k-old")
+    only_new = PayloadKeyring(keys={"k-new": new_key()}, active_id="k-new")
+    both = PayloadKeyring(keys={**old.keys, **only_new.keys}, active_id="k-new")
+    target = temporal_env.client.service_client.config.target_host
+
+    async def client_for(ring: PayloadKeyring) -> Client:
+        return await Client.connect(target, data_converter=encrypted_data_converter(ring))
+
+    caller, stale, current = await client_for(old), await client_for(only_new), await client_for(both)
+    queue = f"key-rollout-{uuid.uuid4().hex[:8]}"
+    with ScriptedOpenAI(lambda body: routing_answer("legal-counsel", 0.9)) as server:
+        endpoint = endpoint_for(server.base_url)
+        flags = flag_provider(tmp_path)
+        set_flags(flags, {"USE_DSPY_DELEGATION": False})
+        instructor = InstructorDecider(build_async_openai(endpoint), endpoint)
+        store = DecisionStore(tmp_path / "decisions.sqlite3", tmp_path / "decisions.log")
+        deps = WorkerDependencies(endpoint=endpoint, instructor=instructor, dspy=instructor, store=store, flags=flags)
+        handle = await start_delegation(caller, _request(uuid.uuid4().hex[:8]), task_queue=queue)
+
+        async with build_worker(stale, deps, task_queue=queue, llm_concurrency=2, llm_timeout_s=10):
+            failures: list[Any] = []
+            for _ in range(60):
+                events = list((await handle.fetch_history()).events)
+                failures = [
+                    e.workflow_task_failed_event_attributes.failure
+                    for e in events
+                    if e.HasField("workflow_task_failed_event_attributes")
+                ]
+                if failures:
+                    break
+                await asyncio.sleep(0.5)
+        assert failures, "the worker without the key should have failed the workflow task"
+        # The failure itself is sealed (under the stale worker's key); read it as an operator would.
+        reason = await current.data_converter.decode_failure(failures[0])
+        assert "'k-old'" in "".join(str(e) for e in _chain(reason)), _chain(reason)
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        assert store.get(handle.id) == []
+
+        async with build_worker(current, deps, task_queue=queue, llm_concurrency=2, llm_timeout_s=10):
+            record = await current.get_workflow_handle(handle.id, result_type=DecisionRecord).result()
+    assert record.decision is not None and record.decision.assignee_id == "legal-counsel"
+    assert len(store.get(handle.id)) == 1
