@@ -153,7 +153,9 @@ class Stack:
         import httpx
 
         try:
-            answer = httpx.post(f"{self.settings.codec_server_url}/decode", json={"payloads": []}, timeout=1.0)
+            # Loopback: never through a proxy from the environment.
+            with httpx.Client(trust_env=False, timeout=1.0) as http:
+                answer = http.post(f"{self.settings.codec_server_url}/decode", json={"payloads": []})
         except httpx.HTTPError:
             return False
         return answer.status_code == 200
