@@ -180,30 +180,28 @@ def redact(text: str) -> tuple[str, int]:
     """
     count = 0
 
-    def _replace(placeholder: str, check: Callable[[str], bool] | None = None) -> Callable[[re.Match[str]], str]:
+    def _replace(
+        placeholder: str, check: Callable[[re.Match[str]], bool] | None = None
+    ) -> Callable[[re.Match[str]], str]:
         def _sub(match: re.Match[str]) -> str:
             nonlocal count
-            if check is not None and not check(match.group()):
+            if check is not None and not check(match):
                 return match.group()
             count += 1
             return placeholder
 
         return _sub
 
-    def _phone(match: re.Match[str]) -> str:
-        nonlocal count
-        kind = match.lastgroup or "intl"
-        low, high = _PHONE_DIGITS[kind]
-        if not low <= sum(ch.isdigit() for ch in match.group()) <= high:
-            return match.group()  # e.g. 09.11.2026: a date with a leading zero, too few digits
-        count += 1
-        return "[phone]"
+    def _phone_digits_fit(match: re.Match[str]) -> bool:
+        # e.g. 09.11.2026 matches the national shape but is a date: too few digits for a phone.
+        low, high = _PHONE_DIGITS[match.lastgroup or "intl"]
+        return low <= sum(ch.isdigit() for ch in match.group()) <= high
 
     text = _SECRET.sub(_replace("[secret]"), text)  # first: a key may look like anything below
     text = _EMAIL.sub(_replace("[email]"), text)  # before phones: an address may hold digit runs
-    text = _IBAN.sub(_replace("[iban]", _iban_ok), text)
-    text = _CARD.sub(_replace("[card]", lambda found: _luhn_ok(re.sub(r"\D", "", found))), text)
-    text = _PHONE.sub(_phone, text)
+    text = _IBAN.sub(_replace("[iban]", lambda m: _iban_ok(m.group())), text)
+    text = _CARD.sub(_replace("[card]", lambda m: _luhn_ok(re.sub(r"\D", "", m.group()))), text)
+    text = _PHONE.sub(_replace("[phone]", _phone_digits_fit), text)
     text = _ADDRESS.sub(_replace("[address]"), text)
     return text, count
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,18 +12,13 @@ import pytest
 from delegation.core.settings import PROJECT_ROOT, Settings
 from delegation.deciders.endpoint import LLMEndpoint, embedded_base_url, resolve_endpoint
 from delegation.devstack.llm_server import wait_until_ready
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.loopback import free_port, stop_process
 
 
 @pytest.fixture(scope="session")
 def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLMEndpoint]:
     """Start `python -m delegation.devstack.llm_server`; it joins and checks the model once (project data folder)."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("llm") / "llm.log"
     env = {**os.environ, "LOCAL_LLM_PORT": str(port), "DATA_DIR": str(PROJECT_ROOT / "data"), "APP_ENV": "test"}
     for name in ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY"):
@@ -48,8 +42,4 @@ def embedded_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LLME
             pytest.fail(f"the embedded LLM did not start:\n{tail}")
         yield endpoint
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)

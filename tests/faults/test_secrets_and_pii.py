@@ -35,6 +35,7 @@ from delegation.learning.training_set import TrainingSetStore
 from delegation.store.database import SQLiteDatabase
 from delegation.workflows.client import send_feedback
 from tests.faults.conftest import FaultStack
+from tests.support.loopback import free_port, stop_process
 from tests.support.payload_keys import TEST_KEYRING
 from tests.support.scripted_openai import ScriptedOpenAI, error, last_user_text, routing_answer
 from tests.support.worker_process import WorkerProcess
@@ -45,18 +46,10 @@ PERSONAL = {"name": NAME, "email": EMAIL, "phone": PHONE, "address": ADDRESS}
 DESCRIPTION = f"Tenant {NAME}, {ADDRESS}, Springfield; reach her at {EMAIL} or {PHONE}."
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def debug_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A dev server of this test's own, logging at debug level to a file we can search."""
-    port, log = _free_port(), tmp_path / "temporal-server.log"
+    port, log = free_port(), tmp_path / "temporal-server.log"
     argv = [
         str(temporal_binary()),
         "server",
@@ -80,8 +73,7 @@ def debug_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             time.sleep(0.25)
         yield f"127.0.0.1:{port}", log
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop_process(process)
 
 
 @pytest_asyncio.fixture

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -22,7 +21,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 from temporalio.api.history.v1 import HistoryEvent
@@ -34,7 +32,6 @@ from delegation.core.models import DecisionRecord, DelegationRequest
 from delegation.core.settings import PROJECT_ROOT, get_settings
 from delegation.deciders.endpoint import build_async_openai
 from delegation.deciders.instructor_decider import InstructorDecider
-from delegation.devstack.codec_server import build_app
 from delegation.devstack.stack import Stack, temporal_binary
 from delegation.store.decisions import DecisionStore
 from delegation.store.payload_keys import keyring_for
@@ -44,6 +41,8 @@ from tests.support.browser import open_page
 from tests.support.factories import endpoint_for
 from tests.support.flags import flag_provider, set_flags
 from tests.support.history_payloads import iter_payloads
+from tests.support.loopback import codec_server as codec_server_in_process
+from tests.support.loopback import free_port
 from tests.support.payload_keys import TEST_KEYRING
 from tests.support.scripted_openai import ScriptedOpenAI, error, routing_answer
 
@@ -61,12 +60,6 @@ def _chain(err: BaseException | None) -> list[BaseException]:
         found.append(err)
         err = err.__cause__
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # Marker keys the SDK writes for its own bookkeeping (a local activity's id, attempt and times; a
@@ -123,14 +116,8 @@ def _request(prefix: str) -> DelegationRequest:
 @pytest_asyncio.fixture
 async def codec_server() -> AsyncIterator[str]:
     """The codec server's app in this process, on a free loopback port."""
-    runner = web.AppRunner(build_app(TEST_KEYRING, ["http://127.0.0.1:8233"]))
-    await runner.setup()
-    port = _free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with codec_server_in_process(TEST_KEYRING, ["http://127.0.0.1:8233"]) as url:
+        yield url
 
 
 async def test_a_decisions_history_holds_only_ciphertext_and_the_codec_server_reads_it(  # type: ignore[no-untyped-def]
@@ -198,9 +185,9 @@ def stack_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack
     values = {
         "APP_ENV": "dev",
         "DATA_DIR": str(tmp_path / "data"),
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "TEMPORAL_UI_PORT": str(_free_port()),
-        "CODEC_SERVER_PORT": str(_free_port()),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "TEMPORAL_UI_PORT": str(free_port()),
+        "CODEC_SERVER_PORT": str(free_port()),
         "LLM_BASE_URL": "http://127.0.0.1:9/v1",  # never called: the stack needs no model here
     }
     monkeypatch.delenv("PAYLOAD_ENCRYPTION_KEYS", raising=False)

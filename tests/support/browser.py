@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.loopback import stop_process
+
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking")
 
 
@@ -103,9 +105,5 @@ async def open_page(url: str, *, width: int = 1400, height: int = 1800) -> Async
             async with session.ws_connect(page_target["webSocketDebuggerUrl"], max_msg_size=64 * 1024 * 1024) as ws:
                 yield Page(ws, itertools.count(1))
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout_s=10)
         shutil.rmtree(profile, ignore_errors=True)

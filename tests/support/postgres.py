@@ -13,13 +13,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.support.loopback import free_port
 
 TEST_DATABASE_URL = "TEST_DATABASE_URL"
 
@@ -42,12 +43,6 @@ def _binary(name: str) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_as(user: str | None, args: list[str]) -> subprocess.CompletedProcess[str]:
     command = ["runuser", "-u", user, "--", *args] if user else args
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
@@ -65,7 +60,7 @@ def started_server() -> Iterator[str]:
     if user is not None:
         entry = pwd.getpwnam(user)
         os.chown(folder, entry.pw_uid, entry.pw_gid)
-    port = _free_port()
+    port = free_port()
     init = _run_as(user, [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
     if init.returncode != 0:
         shutil.rmtree(folder, ignore_errors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support.loopback import stop_process
 from tests.support.payload_keys import TEST_KEYRING
 
 SERVING_LINE = "worker serving task queues"
@@ -76,12 +77,7 @@ class WorkerProcess:
             return
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGCONT)  # a frozen worker cannot handle SIGTERM
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+            stop_process(self.process)
         self.process = None
 
     def __enter__(self) -> Self:

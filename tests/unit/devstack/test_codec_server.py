@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from delegation.core.codec import EncryptionCodec, PayloadKeyring, new_key
-from delegation.devstack.codec_server import build_app
+from tests.support.loopback import codec_server
 
 UI_ORIGIN = "http://127.0.0.1:8233"
 KEYRING = PayloadKeyring(keys={"k1": new_key()}, active_id="k1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest_asyncio.fixture
 async def codec_url() -> AsyncIterator[str]:
-    runner = web.AppRunner(build_app(KEYRING, [UI_ORIGIN]))
-    await runner.setup()
-    port = _free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with codec_server(KEYRING, [UI_ORIGIN]) as url:
+        yield url
 
 
 def _body(*payloads: Payload) -> str:

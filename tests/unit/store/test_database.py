@@ -21,7 +21,7 @@ from delegation.store.database import (
 from delegation.store.decisions import DecisionStore
 from delegation.store.schema import DECISIONS_V1, MIGRATIONS
 from tests.support.factories import decision_record
-from tests.support.postgres import _free_port
+from tests.support.loopback import free_port
 
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
 
@@ -190,7 +190,7 @@ def test_no_url_is_the_sqlite_file(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_server_fails_fast_without_its_password() -> None:
-    url = f"postgresql://app:hunter2-secret@127.0.0.1:{_free_port()}/app"
+    url = f"postgresql://app:hunter2-secret@127.0.0.1:{free_port()}/app"
     with pytest.raises(DatabaseError) as caught:
         PostgresDatabase(url, timeout_s=2)
     message = str(caught.value)
