@@ -202,9 +202,11 @@ class ReoptimizationActivities:
         if data.champion_version is not None:
             manifest = self._registry.manifest(data.champion_version)
             config = OptimizerConfig(
-                optimizer=manifest.optimizer,
+                # A recalibrated champion kept demos a search chose: the grown set deserves a new search.
+                optimizer=manifest.optimizer if manifest.optimizer != "recalibrate" else config.optimizer,
                 max_demos=int(manifest.optimizer_params.get("max_demos", config.max_demos)),
                 seed=int(manifest.optimizer_params.get("seed", config.seed)),
+                calibration=manifest.calibration.method if manifest.calibration is not None else config.calibration,
             )
         train = await asyncio.to_thread(self._training_sets.load, data.training_set.version)
         dev = self._split("dev")

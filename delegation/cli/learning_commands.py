@@ -293,7 +293,11 @@ def compare_command(
 
 def optimize_command(
     optimizer: Annotated[
-        str, typer.Option(help="demo-search (default), labeled, bootstrap, random-search or mipro.")
+        str,
+        typer.Option(
+            help="demo-search (default), recalibrate (the champion's demos, a new calibration), labeled, "
+            "bootstrap, random-search or mipro."
+        ),
     ] = DEFAULT_OPTIMIZER_CONFIG.optimizer,
     max_demos: Annotated[
         int, typer.Option(help="Most demos in the compiled prompt.")
@@ -313,15 +317,24 @@ def optimize_command(
     initial_status: Annotated[
         str, typer.Option(help="candidate, or champion when shipping the first version with the code.")
     ] = "candidate",
+    calibration: Annotated[
+        str,
+        typer.Option(help="prior_correction (every candidate's probability, shifted per assignee) or platt."),
+    ] = DEFAULT_OPTIMIZER_CONFIG.calibration,
+    calibrate_on_train: Annotated[
+        bool, typer.Option(help="Fit the calibration on the train examples that are not demos as well as on dev.")
+    ] = DEFAULT_OPTIMIZER_CONFIG.calibrate_on_train,
 ) -> None:
     """Compile DelegationDecider, compare it with the base module on dev, and save a new candidate version."""
     from delegation.cli.progress import optimization_progress
     from delegation.deciders.endpoint import build_dspy_lm, resolve_endpoint
-    from delegation.learning.optimizer import OPTIMIZERS, OptimizationError, OptimizerConfig, optimize
+    from delegation.learning.optimizer import CALIBRATIONS, OPTIMIZERS, OptimizationError, OptimizerConfig, optimize
     from delegation.learning.registry import RegistryError, registry_for
 
     if optimizer not in OPTIMIZERS:
         _fail(f"--optimizer must be one of {OPTIMIZERS}, not {optimizer!r}", 2)
+    if calibration not in CALIBRATIONS:
+        _fail(f"--calibration must be one of {CALIBRATIONS}, not {calibration!r}", 2)
     if not 1 <= max_demos <= 32:
         _fail("--max-demos must be between 1 and 32", 2)
     settings = get_settings()
@@ -343,7 +356,9 @@ def optimize_command(
                 endpoint=endpoint,
                 train=train_examples,
                 dev=dev_examples,
-                config=OptimizerConfig(optimizer, max_demos, seed),
+                config=OptimizerConfig(
+                    optimizer, max_demos, seed, calibration=calibration, calibrate_on_train=calibrate_on_train
+                ),
                 progress=progress,
                 artifact_directory=artifact_dir,
                 initial_status=initial_status,

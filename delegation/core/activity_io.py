@@ -53,6 +53,11 @@ class DeciderResult(BaseModel):
     program_version: str
     model: str
     latency_ms: float = Field(ge=0)
+    candidate_logprobs: dict[str, float] | None = Field(
+        default=None,
+        description="The model's log-probability of each candidate where the id starts, before any calibration "
+        "(what the optimizer fits a prior correction on); None when the endpoint did not tell them apart.",
+    )
 
 
 class RecordResult(BaseModel):

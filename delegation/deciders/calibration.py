@@ -1,14 +1,25 @@
-"""Calibration of the model's probabilities: fitted on dev by the optimizer, stored in the program's manifest.
+"""Calibration of the model's probabilities: fitted by the optimizer, stored in the program's manifest.
 
-Platt scaling on the log-odds, ``p' = sigmoid(a * logit(p) + b)``: temperature scaling is
-the case ``b = 0``; the intercept lets it correct a small model that is sure of itself
-everywhere. Serving only applies it; fitting lives in ``delegation.learning.calibration``.
+Two methods, told apart by ``method``:
+
+- ``platt``: ``p' = sigmoid(a * logit(p) + b)`` on the chosen id's probability alone
+  (temperature scaling is the case ``b = 0``).
+- ``prior_correction``: the model's log-probability of *every* candidate, divided by a
+  temperature and shifted by a fitted log-prior per default-team assignee (and one for
+  ``self`` in custom lists), then renormalised; the decision is the most probable candidate
+  after the shift. A small model leans towards some labels whatever the task (this one
+  over-picks ``self`` and ``research-agent`` on the default team and under-picks
+  ``legal-counsel``); the shift undoes that lean, as in "Calibrate Before Use" (Zhao et al.,
+  2021), with the offsets fitted by maximum likelihood on held-out answers.
+
+Serving only applies them; fitting lives in ``delegation.learning.calibration``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,3 +54,51 @@ class Calibration(BaseModel):
     def apply(self, probability: float) -> float:
         """The calibrated probability."""
         return sigmoid(self.slope * logit(probability) + self.intercept)
+
+
+SELF_ID = "self"
+# Bounds that keep a hand-edited manifest from turning a shift into a verdict.
+MAX_LOG_PRIOR = 10.0
+
+
+class PriorCorrection(BaseModel):
+    """Per-candidate log-prior shifts and a temperature over the model's candidate log-probabilities."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["prior_correction"] = "prior_correction"
+    temperature: float = Field(gt=0.05, le=20, description="Divides the log-probabilities before the shift.")
+    default_team_bias: dict[str, float] = Field(
+        description="Log-prior shift per default-team id, applied when the request uses the default team."
+    )
+    custom_self_bias: float = Field(
+        ge=-MAX_LOG_PRIOR, le=MAX_LOG_PRIOR, description="Shift of ``self`` when the request brings its own list."
+    )
+    fitted_on: str = Field(description="What it was fitted on, e.g. 'dev (82) + train non-demos (143)'.")
+
+    def model_post_init(self, _context: object) -> None:
+        for key, value in self.default_team_bias.items():
+            if not -MAX_LOG_PRIOR <= value <= MAX_LOG_PRIOR:
+                raise ValueError(f"default_team_bias[{key!r}] = {value} is outside +-{MAX_LOG_PRIOR}")
+
+    def shift(self, candidate_id: str, default_team: bool) -> float:
+        """The log-prior shift of one candidate."""
+        if default_team:
+            return self.default_team_bias.get(candidate_id, 0.0)
+        return self.custom_self_bias if candidate_id == SELF_ID else 0.0
+
+    def distribution(self, log_scores: Mapping[str, float], *, default_team: bool) -> dict[str, float]:
+        """The corrected probability of every candidate (they sum to 1)."""
+        shifted = {c: lp / self.temperature + self.shift(c, default_team) for c, lp in log_scores.items()}
+        top = max(shifted.values())
+        weights = {c: math.exp(v - top) for c, v in shifted.items()}
+        total = sum(weights.values())
+        return {c: w / total for c, w in weights.items()}
+
+    def apply(self, probability: float) -> float:
+        """Only the chosen id's probability is known (candidates not told apart): the temperature alone."""
+        return sigmoid(logit(probability) / self.temperature)
+
+
+ProgramCalibration = Annotated[Calibration | PriorCorrection, Field(discriminator="method")]
+"""What a manifest may carry: either method, told apart by ``method``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from loguru import logger
 from delegation.core.activity_io import DeciderResult
 from delegation.core.models import Assignee, DelegationRequest
 from delegation.core.team import candidates_for
-from delegation.deciders.calibration import Calibration
+from delegation.deciders.calibration import Calibration, PriorCorrection
 from delegation.deciders.dspy_program import DelegationDecider, LabelFirstAdapter
 from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError, llm_call_error
 from delegation.deciders.label_first import (
+    AmbiguousFirstToken,
     AnswerParseError,
     ParsedAnswer,
+    candidate_log_scores,
     decision_from_answer,
     logprob_text,
     model_task,
@@ -48,7 +51,7 @@ class LoadedProgram:
 
     program: DelegationDecider
     version: str
-    calibration: Calibration | None = None
+    calibration: Calibration | PriorCorrection | None = None
 
     @property
     def current(self) -> LoadedProgram:
@@ -96,7 +99,7 @@ def find_disallowed_state(state: Any) -> list[str]:
     return problems
 
 
-def load_program(path: Path | None, calibration: Calibration | None = None) -> LoadedProgram:
+def load_program(path: Path | None, calibration: Calibration | PriorCorrection | None = None) -> LoadedProgram:
     """The program saved at ``path`` (state-only JSON), or the unoptimized module when there is none."""
     if path is None:
         return LoadedProgram(DelegationDecider(), BASE_PROGRAM_VERSION)
@@ -108,7 +111,7 @@ def load_program(path: Path | None, calibration: Calibration | None = None) -> L
 
 
 def load_program_state(
-    text: str, version: str, calibration: Calibration | None = None, *, source: str | None = None
+    text: str, version: str, calibration: Calibration | PriorCorrection | None = None, *, source: str | None = None
 ) -> LoadedProgram:
     """A program from its saved state (the JSON text ``Module.save`` writes), reporting ``version``."""
     where = source or f"program {version}"
@@ -125,6 +128,22 @@ def load_program_state(
     except Exception as err:  # dspy raises several types for an incompatible state
         raise ProgramLoadError(f"{where} does not fit DelegationDecider: {err}") from None
     return LoadedProgram(program, version, calibration)
+
+
+class _ExpectedTruncation(logging.Filter):
+    """Drops DSPy's warning that an answer hit its token limit: first-token answers always do, by design.
+
+    A full answer cut short is still caught: it does not parse, and the decision fails by name.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("LM response was truncated")
+
+
+def _quiet_expected_truncation() -> None:
+    lm_logger = logging.getLogger("dspy.clients.lm")
+    if not any(isinstance(f, _ExpectedTruncation) for f in lm_logger.filters):
+        lm_logger.addFilter(_ExpectedTruncation())
 
 
 class DSPyDecider:
@@ -145,10 +164,18 @@ class DSPyDecider:
         self._endpoint = endpoint
         self._source = source
         plan = endpoint.slot_plan
+        slots = None if plan is None else (plan.slot_for("dspy", False), plan.slot_for("dspy", True))
         self._adapter = LabelFirstAdapter(
             endpoint.answer_constraint,
             generated_reason=endpoint.generated_reason,
-            slots=None if plan is None else (plan.slot_for("dspy", False), plan.slot_for("dspy", True)),
+            slots=slots,
+            first_token=endpoint.answer_constraint == "grammar" and not endpoint.generated_reason,
+        )
+        if self._adapter.first_token:
+            _quiet_expected_truncation()
+        # For the rare list whose ids share a first token: the whole id (cached prompt, a few tokens more).
+        self._full_adapter = LabelFirstAdapter(
+            endpoint.answer_constraint, generated_reason=endpoint.generated_reason, slots=slots
         )
 
     @property
@@ -187,16 +214,22 @@ class DSPyDecider:
             answer, logprobs = await self._ask(loaded, request, candidates)
         latency_ms = (time.perf_counter() - started) * 1000
         decision = decision_from_answer(answer, logprobs, candidates, calibration=loaded.calibration)
-        return DeciderResult(decision=decision, program_version=loaded.version, model=self.model, latency_ms=latency_ms)
+        return DeciderResult(
+            decision=decision,
+            program_version=loaded.version,
+            model=self.model,
+            latency_ms=latency_ms,
+            candidate_logprobs=candidate_log_scores(logprobs, answer, [c.id for c in candidates]),
+        )
 
     async def _ask(
-        self, loaded: LoadedProgram, request: DelegationRequest, candidates: Sequence[Assignee]
+        self, loaded: LoadedProgram, request: DelegationRequest, candidates: Sequence[Assignee], *, full: bool = False
     ) -> tuple[ParsedAnswer, Any]:
         import dspy
 
         ids = [c.id for c in candidates]
         candidates_text = format_candidates(candidates)
-        adapter = self._adapter
+        adapter = self._full_adapter if full else self._adapter
         try:
             # No history: DSPy would keep every prompt and answer (task text) in memory, 10,000 deep.
             with dspy.context(lm=self._lm, adapter=adapter, disable_history=True):
@@ -214,14 +247,25 @@ class DSPyDecider:
         logprobs = prediction.get("logprobs")
         text = logprob_text(logprobs)
         spec = adapter.spec(ids, candidates_text)
-        if text is not None:
+        try:
+            parsed = spec.parse(text) if text is not None else None
+        except AmbiguousFirstToken:
+            return await self._ask(loaded, request, candidates, full=True)
+        except AnswerParseError:
+            parsed, logprobs = None, None  # tokens that do not spell the answer cannot give its probability
+        if parsed is not None:
+            return parsed, logprobs
+        written = str(prediction.get("assignee_id") or "").strip()
+        if spec.first_token:
             try:
-                return spec.parse(text), logprobs
+                written = spec.parse(written).assignee_id
+            except AmbiguousFirstToken:
+                return await self._ask(loaded, request, candidates, full=True)
             except AnswerParseError:
-                logprobs = None  # tokens that do not spell the answer cannot give its probability
+                pass  # the caller checks it against the candidates
         return (
             ParsedAnswer(
-                assignee_id=str(prediction.get("assignee_id") or "").strip(),
+                assignee_id=written,
                 reasoning=prediction.get("reasoning"),
                 confidence=prediction.get("confidence"),
                 id_offset=-1,
@@ -236,7 +280,7 @@ class DSPyDecider:
                 "writes its confidence instead"
             )
         logger.warning("the endpoint returned no log-probabilities: DSPy decisions now carry a generated confidence")
-        self._adapter = LabelFirstAdapter(
+        self._adapter = self._full_adapter = LabelFirstAdapter(
             "json_schema",
             generated_reason=self._adapter.generated_reason,
             generated_confidence=True,

@@ -57,11 +57,14 @@ class LabelFirstAdapter(dspy.Adapter):
         generated_reason: bool = False,
         generated_confidence: bool = False,
         slots: tuple[int, int] | None = None,
+        first_token: bool = False,
     ) -> None:
         super().__init__()
         self.constraint = constraint
         self.generated_reason = generated_reason
         self.generated_confidence = generated_confidence
+        # Generate only the id's first token (``AnswerSpec.first_token``).
+        self.first_token = first_token
         # (default-team slot, custom-list slot) on the embedded server, else None.
         self.slots = slots
 
@@ -76,6 +79,7 @@ class LabelFirstAdapter(dspy.Adapter):
             generated_reason=self.generated_reason,
             generated_confidence=self.generated_confidence,
             slot=slot,
+            first_token=self.first_token,
         )
 
     def format(self, signature: Any, demos: list[Any], inputs: dict[str, Any]) -> list[dict[str, Any]]:

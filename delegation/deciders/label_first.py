@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from delegation.core.models import MAX_REASONING_CHARS, Assignee, ConfidenceSource, DelegationDecision
 from delegation.core.team import default_team
-from delegation.deciders.calibration import Calibration
+from delegation.deciders.calibration import Calibration, PriorCorrection
 from delegation.deciders.errors import InvalidDecisionError
 from delegation.deciders.policy import confidence_as_fraction, format_candidates, format_task
 from delegation.deciders.steering import without_steering
@@ -111,6 +111,10 @@ class AnswerParseError(ValueError):
     """The answer text is not of the asked-for form."""
 
 
+class AmbiguousFirstToken(AnswerParseError):
+    """A first-token answer begins several candidate ids: the full id must be asked for."""
+
+
 @dataclass(frozen=True)
 class AnswerSpec:
     """One request's answer format: the constraint, the candidate ids, and what else is generated."""
@@ -122,6 +126,11 @@ class AnswerSpec:
     generated_confidence: bool = False
     # The llama.cpp slot whose cached prefix this request should reuse (embedded server only).
     slot: int | None = None
+    # Generate the id's first token only (grammar, nothing else generated): under the grammar and
+    # greedy decoding it decides the id whenever it begins one candidate only, and the rest of the
+    # id and the end token would cost ~0.1 s each. An answer whose token begins several candidates
+    # is refused by ``parse`` (``AmbiguousFirstToken``), to be asked again in full.
+    first_token: bool = False
 
     def __post_init__(self) -> None:
         if self.constraint not in ANSWER_CONSTRAINTS:
@@ -130,10 +139,14 @@ class AnswerSpec:
             raise ValueError("an answer needs at least one candidate id")
         if self.constraint == "grammar" and self.generated_confidence:
             raise ValueError("a generated confidence needs the json_schema constraint")
+        if self.first_token and (self.constraint != "grammar" or self.generated_reason):
+            raise ValueError("a first-token answer needs the grammar constraint and no generated reason")
 
     @property
     def max_tokens(self) -> int:
         """Enough for the longest id (plus the JSON around it, a reason or a confidence when asked)."""
+        if self.first_token:
+            return 1
         budget = 16 + (REASON_MAX_TOKENS if self.generated_reason else 0)
         return budget + (8 if self.generated_confidence else 0)
 
@@ -194,6 +207,12 @@ class AnswerSpec:
                 return ParsedAnswer(candidate, reason[:GENERATED_REASON_CHARS], id_offset=offset)
             if not rest.strip():
                 return ParsedAnswer(candidate, id_offset=offset)
+        if self.first_token and stripped:
+            begun = [c for c in self.candidate_ids if c.startswith(stripped)]
+            if len(begun) == 1:
+                return ParsedAnswer(begun[0], id_offset=offset)
+            if begun:
+                raise AmbiguousFirstToken(f"the first token {stripped!r} begins {len(begun)} candidate ids")
         raise AnswerParseError(f"the answer {text[:80]!r} is not one of the candidate ids {list(self.candidate_ids)}")
 
     def _parse_json(self, text: str) -> ParsedAnswer:
@@ -252,7 +271,9 @@ def candidate_probability(logprobs: Any, answer: ParsedAnswer, candidate_ids: Se
     chosen_form = answer.assignee_id + answer.id_terminator
     start, end = answer.id_offset, answer.id_offset + len(chosen_form)
     text = "".join(str(e.get("token", "")) for e in entries)
-    if text[start:end] != chosen_form:
+    spelled = text[start:end]
+    # The whole id, or its first tokens (a first-token answer: its probability is theirs).
+    if not spelled or not chosen_form.startswith(spelled):
         return None
     probability, position, covered = 1.0, 0, False
     for entry in entries:
@@ -286,6 +307,65 @@ def candidate_probability(logprobs: Any, answer: ParsedAnswer, candidate_ids: Se
     return min(1.0, max(0.0, probability)) if covered else None
 
 
+# Probability mass at the id's first token that begins several candidates at once (e.g. "s" for
+# "self" and "support") cannot be split between them; below this share of the candidates' mass
+# it is left out, above it the candidates are not told apart there.
+MAX_SHARED_MASS = 0.01
+
+
+def candidate_log_scores(logprobs: Any, answer: ParsedAnswer, candidate_ids: Sequence[str]) -> dict[str, float] | None:
+    """Every candidate's log-probability at the token where the id starts, when that token tells them apart.
+
+    Each alternative the endpoint reports there is given to the candidate it begins (a
+    candidate begun by several alternatives gets their total). A candidate no reported
+    alternative begins gets the smallest reported log-probability, an upper bound of its own.
+    None without log-probabilities, or when a token that begins several candidates (ids with a
+    common first token, "community-manager" and "community-moderator") carries real mass: then
+    only the chosen id's probability is known (``candidate_probability``).
+    """
+    entries = _token_entries(logprobs)
+    if entries is None or answer.id_offset < 0:
+        return None
+    text = "".join(str(e.get("token", "")) for e in entries)
+    position, first = 0, None
+    for entry in entries:
+        token = str(entry.get("token", ""))
+        token_start, position = position, position + len(token)
+        if token and position > answer.id_offset:
+            first, lead = entry, text[token_start : answer.id_offset]
+            break
+    if first is None:
+        return None
+    forms = {c: c + answer.id_terminator for c in candidate_ids}
+    reported = {str(a.get("token", "")): float(a.get("logprob", -math.inf)) for a in _alts(first)}
+    reported[str(first.get("token", ""))] = float(first.get("logprob", 0.0))
+    owned: dict[str, list[float]] = {c: [] for c in candidate_ids}
+    shared = 0.0
+    for alternative, logprob in reported.items():
+        if not alternative.startswith(lead) or len(alternative) == len(lead):
+            continue
+        rest = alternative[len(lead) :]
+        owners = [
+            c for c, form in forms.items() if form.startswith(rest) or (answer.id_terminator and rest.startswith(form))
+        ]
+        if len(owners) == 1:
+            owned[owners[0]].append(logprob)
+        elif owners:
+            shared += math.exp(logprob)
+    if not any(owned.values()):
+        return None
+    owned_mass = sum(math.exp(lp) for lps in owned.values() for lp in lps)
+    if shared > MAX_SHARED_MASS * owned_mass:
+        return None
+    floor = min(v for v in reported.values() if v > -math.inf)
+    return {c: (_log_sum_exp(lps) if lps else floor) for c, lps in owned.items()}
+
+
+def _log_sum_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
 def _alts(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [_as_mapping(a) for a in entry.get("top_logprobs") or []]
 
@@ -301,14 +381,16 @@ def decision_from_answer(
     logprobs: Any,
     candidates: Sequence[Assignee],
     *,
-    calibration: Calibration | None = None,
+    calibration: Calibration | PriorCorrection | None = None,
 ) -> DelegationDecision:
     """The contract's decision for an answer: the id checked against the candidates, the confidence from logprobs.
 
     The confidence is the model's probability of the id among the candidates (calibrated
     when the program carries a calibration), or the generated one when the endpoint gave no
     log-probabilities; the reasoning is the generated one, or plainly the chosen candidate's
-    description. Raises ``InvalidDecisionError`` when the answer cannot be a decision.
+    description. With a ``PriorCorrection`` and every candidate's probability known, the
+    decision is the most probable candidate after the correction, which may differ from the
+    id the model wrote. Raises ``InvalidDecisionError`` when the answer cannot be a decision.
     """
     ids = [c.id for c in candidates]
     if answer.assignee_id not in ids:
@@ -316,9 +398,17 @@ def decision_from_answer(
         raise InvalidDecisionError(
             f"the answer ({len(answer.assignee_id)} characters) is not one of the candidate ids {ids}"
         )
-    probability = candidate_probability(logprobs, answer, ids)
+    corrected = _prior_corrected(answer, logprobs, candidates, calibration)
+    if corrected is not None:
+        chosen, confidence = corrected
+        # A generated reason argued for the written id; for another id it would mislead.
+        reason = answer.reasoning if chosen == answer.assignee_id else None
+        answer = ParsedAnswer(chosen, reason, id_offset=answer.id_offset, id_terminator=answer.id_terminator)
+    probability = None if corrected is not None else candidate_probability(logprobs, answer, ids)
     source: ConfidenceSource
-    if probability is not None:
+    if corrected is not None:
+        source = "calibrated_logprobs"
+    elif probability is not None:
         confidence, source = probability, "logprobs"
         if calibration is not None:
             confidence, source = calibration.apply(probability), "calibrated_logprobs"
@@ -343,3 +433,20 @@ def decision_from_answer(
         },
         context={"candidate_ids": set(ids)},
     )
+
+
+def _prior_corrected(
+    answer: ParsedAnswer,
+    logprobs: Any,
+    candidates: Sequence[Assignee],
+    calibration: Calibration | PriorCorrection | None,
+) -> tuple[str, float] | None:
+    """The most probable candidate after a prior correction, and its probability; None when it does not apply."""
+    if not isinstance(calibration, PriorCorrection):
+        return None
+    scores = candidate_log_scores(logprobs, answer, [c.id for c in candidates])
+    if scores is None:
+        return None
+    distribution = calibration.distribution(scores, default_team=is_default_team_text(format_candidates(candidates)))
+    chosen = max(distribution, key=lambda c: distribution[c])
+    return chosen, distribution[chosen]

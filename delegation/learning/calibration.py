@@ -1,18 +1,20 @@
 """Fitting the calibration the optimizer stores in a program's manifest, and the calibration metrics.
 
-Platt scaling fitted by maximum likelihood on (raw probability, right or wrong) pairs from the
-dev split; ``delegation.deciders.calibration.Calibration`` applies it when serving.
+Platt scaling fitted by maximum likelihood on (raw probability, right or wrong) pairs, and the
+prior correction fitted on (every candidate's log-probability, label) pairs; both on answers the
+program's demos did not come from. ``delegation.deciders.calibration`` applies them when serving.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 
-from delegation.deciders.calibration import Calibration, logit
+from delegation.deciders.calibration import SELF_ID, Calibration, PriorCorrection, logit
 
 # Fewer points, or only one class, leave the slope and intercept undetermined: no calibration.
 MIN_CALIBRATION_POINTS = 20
@@ -40,6 +42,68 @@ def fit_platt(probabilities: Sequence[float], correct: Sequence[bool], *, fitted
     if not result.success:
         return None
     return Calibration(slope=float(math.exp(result.x[0])), intercept=float(result.x[1]), fitted_on=fitted_on)
+
+
+# The shifts' prior: a standard normal on each log-prior (a MAP fit), so a label seen a few times
+# in the fitting set cannot take an extreme shift from them.
+PRIOR_SHIFT_SCALE = 1.0
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """One held-out answer for fitting a prior correction: every candidate's log-probability and the label."""
+
+    log_scores: Mapping[str, float]
+    label: str
+    default_team: bool
+
+
+def fit_prior_correction(
+    answers: Sequence[ScoredAnswer], default_team_ids: Sequence[str], *, fitted_on: str
+) -> PriorCorrection | None:
+    """The temperature and log-prior shifts that best explain the labels (maximum a posteriori).
+
+    One shift per default-team id (default-team answers), one for ``self`` in custom lists
+    (custom-list answers whose list has ``self``), and one temperature for all. None when there
+    are too few answers or the label is never among the scored candidates.
+    """
+    usable = [a for a in answers if a.label in a.log_scores]
+    if len(usable) < MIN_CALIBRATION_POINTS:
+        return None
+    ids = list(default_team_ids)
+    rows = []
+    for answer in usable:
+        candidates = list(answer.log_scores)
+        scores = np.array([answer.log_scores[c] for c in candidates])
+        # Which parameter shifts each candidate: a default-team id's own, custom ``self``'s, or none.
+        if answer.default_team:
+            which = np.array([ids.index(c) if c in ids else -1 for c in candidates])
+        else:
+            which = np.array([len(ids) if c == SELF_ID else -1 for c in candidates])
+        rows.append((scores, which, candidates.index(answer.label)))
+
+    def negative_log_posterior(params: np.ndarray) -> float:
+        shifts, temperature = np.append(params[:-1], 0.0), math.exp(params[-1])  # index -1: no shift
+        total = 0.0
+        for scores, which, label in rows:
+            z = scores / temperature + shifts[which]
+            total -= z[label] - float(np.logaddexp.reduce(z))
+        return total + float(np.sum(params[:-1] ** 2)) / (2 * PRIOR_SHIFT_SCALE**2)
+
+    result = minimize(
+        negative_log_posterior,
+        x0=np.zeros(len(ids) + 2),
+        method="L-BFGS-B",
+        bounds=[(-8.0, 8.0)] * (len(ids) + 1) + [(-2.5, 2.5)],
+    )
+    if not result.success:
+        return None
+    return PriorCorrection(
+        temperature=float(math.exp(result.x[-1])),
+        default_team_bias={c: float(v) for c, v in zip(ids, result.x[: len(ids)], strict=True)},
+        custom_self_bias=float(result.x[len(ids)]),
+        fitted_on=fitted_on,
+    )
 
 
 def brier_score(probabilities: Sequence[float], correct: Sequence[bool]) -> float | None:

@@ -32,6 +32,9 @@ class Outcome(BaseModel):
     error: str | None = None
     steering: bool = False
     custom_candidates: bool = Field(default=False, description="The example brings its own candidate list.")
+    candidate_logprobs: dict[str, float] | None = Field(
+        default=None, description="The model's log-probability of each candidate, before calibration, when known."
+    )
 
     @property
     def correct(self) -> bool:
@@ -108,6 +111,7 @@ async def run_decider(
                     confidence=result.decision.confidence,
                     confidence_source=result.decision.confidence_source,
                     latency_ms=result.latency_ms,
+                    candidate_logprobs=result.candidate_logprobs,
                 )
             except Exception as err:  # an evaluation reports failures, it does not stop on them
                 outcome = Outcome(

@@ -19,13 +19,21 @@ from typing import Any, Protocol
 
 import dspy
 
-from delegation.core.team import candidates_for
+from delegation.core.team import candidates_for, default_team
+from delegation.deciders.calibration import PriorCorrection
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
 from delegation.deciders.endpoint import LLMEndpoint
+from delegation.deciders.label_first import is_default_team_text
 from delegation.deciders.policy import format_candidates, format_task
 from delegation.deciders.prompt_slots import OFFLINE_SLOT
-from delegation.learning.calibration import brier_score, expected_calibration_error, fit_platt
+from delegation.learning.calibration import (
+    ScoredAnswer,
+    brier_score,
+    expected_calibration_error,
+    fit_platt,
+    fit_prior_correction,
+)
 from delegation.learning.dataset import LabeledExample, dataset_sha256
 from delegation.learning.evaluation import (
     EvaluationReport,
@@ -36,7 +44,9 @@ from delegation.learning.evaluation import (
 )
 from delegation.learning.registry import ArtifactRegistry, Manifest, program_filename
 
-OPTIMIZERS = ("demo-search", "labeled", "bootstrap", "random-search", "mipro")
+# ``recalibrate`` keeps the champion's demos and fits its calibration again (a new version).
+OPTIMIZERS = ("demo-search", "recalibrate", "labeled", "bootstrap", "random-search", "mipro")
+CALIBRATIONS = ("prior_correction", "platt")
 # The demo counts the search tries (at most ``max_demos``): more demos help a small model until
 # the longer prefix costs more per new token than they win.
 DEMO_COUNTS = (8, 16, 24, 32)
@@ -50,14 +60,20 @@ class OptimizerConfig:
 
     ``demo-search`` draws ``sets_per_count`` demo sets for each count in ``DEMO_COUNTS`` up to
     ``max_demos`` from the train split (every default-team assignee, steering cases and custom
-    candidate lists among them), scores each on dev through the serving decider, and keeps the
-    best (fewer demos on a tie: a shorter prefix is a faster decision).
+    candidate lists among them), scores each on dev through the serving decider (after a prior
+    correction cross-fitted on dev, when that is the calibration), and keeps the best (fewer
+    demos on a tie: a shorter prefix is a faster decision).
     """
 
     optimizer: str = "demo-search"
     max_demos: int = 32
     seed: int = 7
     sets_per_count: int = 2
+    # ``prior_correction`` (every candidate's log-probability, shifted per assignee) or ``platt``.
+    calibration: str = "prior_correction"
+    # Also fit the calibration on the train examples that are not demos (held out from the
+    # program all the same): about three times the answers dev alone gives.
+    calibrate_on_train: bool = True
 
 
 DEFAULT_OPTIMIZER_CONFIG = OptimizerConfig()
@@ -208,6 +224,30 @@ class SearchedProgram:
     seed: int
     report: EvaluationReport
     outcomes: list[Outcome]
+    # Dev accuracy after a prior correction cross-fitted on dev (None under Platt): what the search ranks by.
+    corrected_accuracy: float | None = None
+
+    @property
+    def score(self) -> float:
+        return self.report.accuracy if self.corrected_accuracy is None else self.corrected_accuracy
+
+
+# Folds for scoring a demo set after a prior correction: each dev answer is corrected by shifts
+# fitted on the other folds, so the score is not the correction's own fit.
+CROSS_FIT_FOLDS = 5
+
+
+def cross_fitted_accuracy(dev: Sequence[LabeledExample], outcomes: Sequence[Outcome]) -> float:
+    """Dev accuracy with each answer corrected by a prior correction fitted on the other folds (no LLM calls)."""
+    right = 0
+    for fold in range(CROSS_FIT_FOLDS):
+        held = [i for i in range(len(dev)) if i % CROSS_FIT_FOLDS == fold]
+        rest = [i for i in range(len(dev)) if i % CROSS_FIT_FOLDS != fold]
+        correction, _ = fit_calibration("prior_correction", [dev[i] for i in rest], [outcomes[i] for i in rest], [], [])
+        for i in held:
+            served = outcomes[i] if correction is None else apply_prior_correction(correction, outcomes[i], dev[i])
+            right += served.correct
+    return right / len(dev) if dev else 0.0
 
 
 def search_demos(
@@ -235,8 +275,9 @@ def search_demos(
                 progress=progress,
                 label=f"{count} demos (seed {seed}) on dev",
             )
-            tried.append(SearchedProgram(program, count, seed, report, outcomes))
-    best = max(tried, key=lambda t: (t.report.accuracy, -t.demos))
+            corrected = cross_fitted_accuracy(dev, outcomes) if config.calibration == "prior_correction" else None
+            tried.append(SearchedProgram(program, count, seed, report, outcomes, corrected))
+    best = max(tried, key=lambda t: (t.score, -t.demos))
     return best, tried
 
 
@@ -290,12 +331,29 @@ def optimize(
         label="base on dev",
     )
     searched: dict[str, Any] = {}
-    if optimizer == "demo-search":
+    if optimizer == "recalibrate":
+        parent_version = registry.champion()
+        if parent_version is None:
+            raise OptimizationError("recalibrate keeps the champion's demos, and there is no champion")
+        program = registry.load(parent_version).program
+        optimized, outcomes = evaluate_program(
+            program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="champion's demos on dev"
+        )
+        searched = {"demos_of_version": parent_version}
+    elif optimizer == "demo-search":
         best, tried = search_demos(lm=lm, endpoint=endpoint, train=train, dev=dev, config=config, progress=progress)
         program, optimized, outcomes = best.program, best.report, best.outcomes
         searched = {
             "sets_per_count": config.sets_per_count,
-            "tried": [{"demos": t.demos, "seed": t.seed, "dev_score": t.report.accuracy} for t in tried],
+            "tried": [
+                {
+                    "demos": t.demos,
+                    "seed": t.seed,
+                    "dev_score": t.report.accuracy,
+                    **({} if t.corrected_accuracy is None else {"dev_score_cross_fitted": t.corrected_accuracy}),
+                }
+                for t in tried
+            ],
             "chosen_seed": best.seed,
         }
     else:
@@ -306,12 +364,40 @@ def optimize(
         optimized, outcomes = evaluate_program(
             program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
         )
-    # Calibration from the chosen program's own dev answers (raw probabilities: it has none yet).
+    # Calibration from the chosen program's own answers on examples its demos are not (raw: it has none yet).
+    demo_ids = {_demo_key(d) for d in program.route.demos}
+    held_out_train = [
+        e
+        for e in train
+        if config.calibration == "prior_correction"
+        and config.calibrate_on_train
+        and _demo_key(to_dspy_example(e)) not in demo_ids
+    ]
+    train_outcomes: list[Outcome] = []
+    if held_out_train:
+        _, train_outcomes = evaluate_program(
+            program,
+            "candidate",
+            held_out_train,
+            lm=lm,
+            endpoint=endpoint,
+            progress=progress,
+            label="held-out train (for the calibration)",
+        )
+    calibration, fit = fit_calibration(config.calibration, dev, outcomes, held_out_train, train_outcomes)
     scored = [o for o in outcomes if o.error is None and o.confidence is not None]
     raw = [float(o.confidence) for o in scored if o.confidence is not None]
     rights = [o.correct for o in scored]
-    calibration = fit_platt(raw, rights, fitted_on=f"dev ({len(raw)})")
-    calibrated = [calibration.apply(p) for p in raw] if calibration is not None else raw
+    uncorrected_dev_score = optimized.accuracy
+    if isinstance(calibration, PriorCorrection):
+        outcomes = [apply_prior_correction(calibration, o, e) for o, e in zip(outcomes, dev, strict=True)]
+        optimized = summarize(outcomes, variant="dspy", program_version="candidate", model=endpoint.model)
+        scored = [o for o in outcomes if o.error is None and o.confidence is not None]
+        calibrated = [float(o.confidence) for o in scored if o.confidence is not None]
+        calibrated_rights = [o.correct for o in scored]
+    else:
+        calibrated = [calibration.apply(p) for p in raw] if calibration is not None else raw
+        calibrated_rights = rights
     parent = registry.champion()
     manifest = registry.write_version(
         program,
@@ -324,8 +410,10 @@ def optimize(
                 "answer_format": f"label-first ({endpoint.answer_constraint})",
                 "dev_brier_raw": brier_score(raw, rights),
                 "dev_ece_raw": expected_calibration_error(raw, rights),
-                "dev_brier_calibrated": brier_score(calibrated, rights),
-                "dev_ece_calibrated": expected_calibration_error(calibrated, rights),
+                "dev_brier_calibrated": brier_score(calibrated, calibrated_rights),
+                "dev_ece_calibrated": expected_calibration_error(calibrated, calibrated_rights),
+                "dev_score_uncorrected": uncorrected_dev_score,
+                **fit,
                 **searched,
                 **(extra_params or {}),
             },
@@ -356,3 +444,47 @@ def optimize(
         else f"version {manifest.version} in {registry.describe()}"
     )
     return OptimizationResult(base=base, optimized=optimized, manifest=manifest, saved_to=saved_to)
+
+
+def _demo_key(demo: Any) -> tuple[str, str]:
+    return (str(demo["candidates"]), str(demo["task"]))
+
+
+def fit_calibration(
+    method: str,
+    dev: Sequence[LabeledExample],
+    dev_outcomes: Sequence[Outcome],
+    held_out_train: Sequence[LabeledExample],
+    train_outcomes: Sequence[Outcome],
+) -> tuple[Any, dict[str, Any]]:
+    """The calibration of ``method`` fitted on the program's held-out answers, and what to record about the fit."""
+    if method not in CALIBRATIONS:
+        raise OptimizationError(f"unknown calibration {method!r}; choose one of {CALIBRATIONS}")
+    if method == "platt":
+        scored = [o for o in dev_outcomes if o.error is None and o.confidence is not None]
+        raw = [float(o.confidence) for o in scored if o.confidence is not None]
+        return fit_platt(raw, [o.correct for o in scored], fitted_on=f"dev ({len(raw)})"), {}
+    answers: list[ScoredAnswer] = []
+    counts = {"dev": 0, "train non-demos": 0}
+    for name, examples, outcomes in (("dev", dev, dev_outcomes), ("train non-demos", held_out_train, train_outcomes)):
+        for example, outcome in zip(examples, outcomes, strict=True):
+            if outcome.candidate_logprobs is None:
+                continue
+            counts[name] += 1
+            answers.append(ScoredAnswer(outcome.candidate_logprobs, example.label, example.assignees is None))
+    fitted_on = " + ".join(f"{name} ({n})" for name, n in counts.items() if n)
+    calibration = fit_prior_correction(answers, [c.id for c in default_team()], fitted_on=fitted_on)
+    return calibration, {"calibration_answers": counts}
+
+
+def apply_prior_correction(correction: PriorCorrection, outcome: Outcome, example: LabeledExample) -> Outcome:
+    """The outcome as the served program gives it: the corrected choice and confidence (unchanged without scores)."""
+    if outcome.candidate_logprobs is None or outcome.error is not None:
+        return outcome
+    request = example.to_request()
+    default = is_default_team_text(format_candidates(candidates_for(request)))
+    distribution = correction.distribution(outcome.candidate_logprobs, default_team=default)
+    chosen = max(distribution, key=lambda c: distribution[c])
+    return outcome.model_copy(
+        update={"predicted": chosen, "confidence": distribution[chosen], "confidence_source": "calibrated_logprobs"}
+    )

@@ -28,7 +28,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from delegation.core.settings import Settings
-from delegation.deciders.calibration import Calibration
+from delegation.deciders.calibration import ProgramCalibration
 from delegation.deciders.dspy_decider import LoadedProgram, find_disallowed_state, load_program, load_program_state
 from delegation.deciders.errors import ProgramLoadError
 from delegation.store.artifacts import ArtifactAuditRow, ArtifactStore, StateChange
@@ -82,8 +82,8 @@ class Manifest(BaseModel):
     dspy_version: str
     signature_fields: list[str]
     parent_version: int | None
-    # Fitted on dev by the optimizer; applied to the model's probabilities when serving.
-    calibration: Calibration | None = None
+    # Fitted by the optimizer on held-out answers; applied to the model's probabilities when serving.
+    calibration: ProgramCalibration | None = None
     status: Status
     status_reason: str
 

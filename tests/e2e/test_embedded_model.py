@@ -14,6 +14,7 @@ from delegation.deciders.endpoint import LLMEndpoint
 from delegation.store.decisions import DecisionStore
 from delegation.worker.main import build_dependencies, build_worker
 from delegation.workflows.client import decide
+from tests.support.factories import SHIPPED_CHAMPION
 from tests.support.flags import flag_provider, set_flags
 from tests.support.store_queries import count_decisions
 
@@ -56,7 +57,7 @@ async def test_decision_on_the_embedded_model(
     assert record.decision.reasoning_source == "candidate_description"
     assert record.model == "qwen2.5-coder-1.5b-instruct"
     # A fresh clone serves the shipped champion on the DSPy route.
-    expected_version = "optimized_delegation_v2" if variant == "dspy" else "instructor-v2"
+    expected_version = f"optimized_delegation_v{SHIPPED_CHAMPION}" if variant == "dspy" else "instructor-v2"
     assert record.program_version == expected_version
     assert count_decisions(deps.store, record.workflow_id) == 1
 

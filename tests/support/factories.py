@@ -44,6 +44,9 @@ def request(title: str = "Fix the production database outage", **kwargs: object)
     return DelegationRequest.model_validate(fields)
 
 
+# The version shipped as champion in delegation/learning/artifacts (what a fresh clone serves).
+SHIPPED_CHAMPION = 3
+
 CUSTOM_TEAM = [
     Assignee(id="self", name="Assistant", kind="agent", description="Writes, replies, summarizes and schedules."),
     Assignee(id="logistics", name="Logistics", kind="human", description="Carriers, warehouses, shipping."),

@@ -44,8 +44,12 @@ def routing_answer(
     logprobs: bool = True,
     generated_confidence: float | None = None,
     reasoning: str | None = None,
+    more_alternatives: dict[str, float] | None = None,
 ) -> tuple[int, dict]:
     """A 200 response carrying a label-first answer, and log-probabilities that give the id ``confidence``.
+
+    ``more_alternatives``: more ids reported at the id's token, with their probabilities (the
+    renormalised probability then takes them into account).
 
     The rest of the probability goes to ``alternative`` (another candidate's id), so the
     renormalised probability over the candidates is ``confidence`` when both are candidates.
@@ -55,6 +59,7 @@ def routing_answer(
     id_alternatives = {assignee_id: math.log(confidence)}
     if confidence < 1.0:
         id_alternatives[other] = math.log(1.0 - confidence)
+    id_alternatives |= {token: math.log(p) for token, p in (more_alternatives or {}).items()}
     if grammar:
         content = assignee_id if reasoning is None else f"{assignee_id} - {reasoning}"
         tokens = [_entry(assignee_id, math.log(confidence), id_alternatives)]

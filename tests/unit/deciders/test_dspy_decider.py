@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import dspy
 import pytest
 
 from delegation.activities.deciders import as_application_error
+from delegation.core.models import Assignee
 from delegation.deciders.calibration import Calibration
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram, load_program
 from delegation.deciders.dspy_program import DelegationDecider
@@ -16,7 +18,7 @@ from delegation.deciders.endpoint import build_dspy_lm
 from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError
 from delegation.deciders.policy import POLICY
 from tests.support.factories import CUSTOM_TEAM, endpoint_for, request
-from tests.support.scripted_openai import ScriptedOpenAI, last_user_text, routing_answer
+from tests.support.scripted_openai import ScriptedOpenAI, completion, last_user_text, routing_answer
 
 
 def _decider(server: ScriptedOpenAI, program: LoadedProgram | None = None, **endpoint: object) -> DSPyDecider:
@@ -42,7 +44,7 @@ async def test_the_bare_id_under_a_grammar_becomes_a_decision_with_its_probabili
     sent = server.requests[0]
     assert "response_format" not in sent
     assert sent["grammar"].startswith('root ::= ("self" | "backend-engineer"')
-    assert sent["logprobs"] is True and sent["max_tokens"] <= 16
+    assert sent["logprobs"] is True and sent["max_tokens"] == 1  # the first token decides the id
     assert sent["messages"][0]["content"].startswith(POLICY)
     assert "Renew the lease agreement" in sent["messages"][-1]["content"]
 
@@ -213,3 +215,44 @@ def test_broken_program_file_is_refused(tmp_path: Path, content: str) -> None:
 def test_missing_program_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ProgramLoadError, match="does not exist"):
         load_program(tmp_path / "missing.json")
+
+
+def _first_token_answer(token: str, alternatives: dict[str, float]) -> tuple[int, dict]:
+    """What llama.cpp returns for ``max_tokens: 1`` under the grammar: the id's first token, finish_reason length."""
+    body = completion(token, finish_reason="length")
+    tops = [{"token": t, "logprob": math.log(p)} for t, p in alternatives.items()]
+    body["choices"][0]["logprobs"] = {
+        "content": [{"token": token, "logprob": math.log(alternatives[token]), "top_logprobs": tops}]
+    }
+    return 200, body
+
+
+async def test_under_a_grammar_only_the_first_token_is_generated_and_it_decides_the_id() -> None:
+    answer = _first_token_answer("backend", {"backend": 0.6, "legal": 0.2, "self": 0.1, "The": 0.1})
+    with ScriptedOpenAI(lambda _: answer) as server:
+        result = await _decider(server, constraint="grammar").decide(request("The orders API returns 500s"))
+    assert [r["max_tokens"] for r in server.requests] == [1]
+    assert result.decision.assignee_id == "backend-engineer"
+    # Renormalised over the tokens that begin a candidate ("The" begins none).
+    assert result.decision.confidence == pytest.approx(0.6 / 0.9)
+    assert result.candidate_logprobs is not None
+    assert result.candidate_logprobs["legal-counsel"] == pytest.approx(math.log(0.2))
+
+
+async def test_a_first_token_shared_by_two_ids_is_asked_again_in_full() -> None:
+    team = [
+        Assignee(id="self", name="Assistant", kind="agent", description="Writes and replies."),
+        Assignee(id="community-manager", name="CM", kind="human", description="Events and newsletters."),
+        Assignee(id="community-moderator", name="Mod", kind="human", description="Forum moderation and bans."),
+    ]
+
+    def responder(body: dict) -> tuple[int, dict]:
+        if body["max_tokens"] == 1:
+            return _first_token_answer("community", {"community": 0.9, "self": 0.1})
+        return routing_answer("community-moderator", 0.7, alternative="community-manager", grammar=True)
+
+    with ScriptedOpenAI(responder) as server:
+        result = await _decider(server, constraint="grammar").decide(request("Ban the spam account", assignees=team))
+    assert [r["max_tokens"] > 1 for r in server.requests] == [False, True]
+    assert result.decision.assignee_id == "community-moderator"
+    assert result.decision.confidence == pytest.approx(0.7)

@@ -7,11 +7,13 @@ import math
 import pytest
 
 from delegation.core.team import default_team
+from delegation.deciders.calibration import PriorCorrection
 from delegation.deciders.errors import InvalidDecisionError
 from delegation.deciders.label_first import (
     AnswerParseError,
     AnswerSpec,
     ParsedAnswer,
+    candidate_log_scores,
     candidate_probability,
     decision_from_answer,
     request_turn,
@@ -131,3 +133,106 @@ def test_the_request_turn_lists_custom_candidates_before_the_task_and_never_the_
     custom = request_turn(CUSTOM_TEAM, "Ship the pallets", "", "normal")
     assert custom == user_turn(format_candidates(CUSTOM_TEAM), task)
     assert custom.index("- logistics") < custom.index("<task>")
+
+
+TEAM_IDS = tuple(c.id for c in default_team())
+
+
+def _team_answer(first: str, p: float, alternatives: dict[str, float], rest: list[dict] | None = None) -> tuple:
+    """A grammar answer on the default team: the first token with its alternatives, then the rest of the id."""
+    content = [entry(first, p, alternatives), *(rest or [])]
+    text = "".join(e["token"] for e in content)
+    return AnswerSpec("grammar", TEAM_IDS).parse(text), {"content": content}
+
+
+def test_every_candidate_gets_its_first_token_log_probability_and_the_unreported_ones_a_bound() -> None:
+    answer, logprobs = _team_answer("self", 0.5, {"legal": 0.3, "research": 0.1, "The": 0.05, "le": 0.01})
+    scores = candidate_log_scores(logprobs, answer, TEAM_IDS)
+    assert scores is not None and set(scores) == set(TEAM_IDS)
+    assert scores["self"] == pytest.approx(math.log(0.5))
+    # "legal" and "le" both begin only legal-counsel: their total.
+    assert scores["legal-counsel"] == pytest.approx(math.log(0.31))
+    assert scores["research-agent"] == pytest.approx(math.log(0.1))
+    # Not reported: at most the smallest reported probability.
+    assert scores["finance-manager"] == pytest.approx(math.log(0.01))
+
+
+def test_candidates_that_share_their_first_token_are_not_told_apart() -> None:
+    ids = ("self", "community-manager", "community-moderator")
+    content = [entry("community", 0.7, {"self": 0.3}), entry("-manager", 1.0, {})]
+    answer = AnswerSpec("grammar", ids).parse("community-manager")
+    assert candidate_log_scores({"content": content}, answer, ids) is None
+    # A negligible shared token ("s" begins "self" and "support") is left out instead.
+    ids = ("self", "support", "legal")
+    content = [entry("legal", 0.6, {"self": 0.3, "support": 0.0999, "s": 0.0001})]
+    answer = AnswerSpec("grammar", ids).parse("legal")
+    scores = candidate_log_scores({"content": content}, answer, ids)
+    assert scores is not None and scores["support"] == pytest.approx(math.log(0.0999))
+
+
+def test_json_answers_are_scored_where_the_id_starts() -> None:
+    content = [
+        entry('{"', 1.0, {}),
+        entry("assignee_id", 1.0, {}),
+        entry('": "', 1.0, {}),
+        entry("backend", 0.6, {"self": 0.4}),
+        entry('-engineer"}', 1.0, {}),
+    ]
+    answer = AnswerSpec("json_schema", TEAM_IDS).parse('{"assignee_id": "backend-engineer"}')
+    scores = candidate_log_scores({"content": content}, answer, TEAM_IDS)
+    assert scores is not None
+    assert scores["backend-engineer"] == pytest.approx(math.log(0.6))
+    assert scores["self"] == pytest.approx(math.log(0.4))
+
+
+def _correction(**bias: float) -> PriorCorrection:
+    return PriorCorrection(
+        temperature=1.0,
+        default_team_bias={i: bias.get(i.replace("-", "_"), 0.0) for i in TEAM_IDS},
+        custom_self_bias=bias.get("custom_self", 0.0),
+        fitted_on="test",
+    )
+
+
+def test_a_prior_correction_can_move_the_decision_and_its_confidence_is_the_corrected_probability() -> None:
+    answer, logprobs = _team_answer("research", 0.5, {"legal": 0.4, "self": 0.1}, rest=[entry("-agent", 1.0, {})])
+    team = default_team()
+    raw = decision_from_answer(answer, logprobs, team)
+    assert raw.assignee_id == "research-agent" and raw.confidence_source == "logprobs"
+    corrected = decision_from_answer(answer, logprobs, team, calibration=_correction(legal_counsel=1.0))
+    assert corrected.assignee_id == "legal-counsel"
+    assert corrected.confidence_source == "calibrated_logprobs"
+    assert corrected.reasoning_source == "candidate_description" and "legal-counsel" in corrected.reasoning
+    e = math.e
+    # Unreported candidates sit at the smallest reported probability (0.1), like "self".
+    expected = 0.4 * e / (0.4 * e + 0.5 + 0.1 * 6)
+    assert corrected.confidence == pytest.approx(expected)
+    # No shift: the same choice as the model's, at its probability among the candidates.
+    same = decision_from_answer(answer, logprobs, team, calibration=_correction())
+    assert same.assignee_id == "research-agent" and same.confidence == pytest.approx(0.5 / 1.5)
+
+
+def test_the_default_team_shifts_do_not_apply_to_a_custom_list_but_the_custom_self_shift_does() -> None:
+    custom = CUSTOM_TEAM
+    ids = tuple(c.id for c in custom)
+    assert "self" in ids
+    other = next(i for i in ids if i != "self")
+    content = [entry(other, 0.6, {"self": 0.4})]
+    answer = AnswerSpec("grammar", ids).parse(other)
+    shifted = _correction(self=5.0)
+    assert decision_from_answer(answer, {"content": content}, custom, calibration=shifted).assignee_id == other
+    towards_self = _correction(custom_self=1.0)
+    assert decision_from_answer(answer, {"content": content}, custom, calibration=towards_self).assignee_id == "self"
+
+
+def test_a_first_token_answer_has_a_probability_even_when_a_shared_token_hides_the_others() -> None:
+    """Regression: a custom list where "s" begins two ids (5 %) left a first-token answer without a confidence."""
+    ids = ("self", "support", "legal")
+    content = [entry("legal", 0.6, {"self": 0.3, "s": 0.05, "The": 0.05})]
+    answer = AnswerSpec("grammar", ids, first_token=True).parse("legal")
+    assert candidate_log_scores({"content": content}, answer, ids) is None
+    team = [c.model_copy(update={"id": i}) for c, i in zip(default_team(), ids, strict=False)]
+    decision = decision_from_answer(answer, {"content": content}, team, calibration=_correction())
+    assert decision.assignee_id == "legal"
+    assert decision.confidence == pytest.approx(0.6 / 0.95)  # tokens that begin a candidate: "legal", "self", "s"
+    assert decision.confidence_source == "calibrated_logprobs"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 from pydantic import ValidationError
 
-from delegation.deciders.calibration import Calibration
+from delegation.deciders.calibration import Calibration, PriorCorrection, ProgramCalibration
 from delegation.learning.calibration import (
     MIN_CALIBRATION_POINTS,
+    ScoredAnswer,
     brier_score,
     expected_calibration_error,
     fit_platt,
+    fit_prior_correction,
     reliability_bins,
 )
 
@@ -65,3 +68,57 @@ def test_brier_ece_and_bins_on_known_values() -> None:
     assert reliability_bins(probabilities, right) == [(pytest.approx(0.3), 0.0, 2), (pytest.approx(0.9), 0.5, 2)]
     assert expected_calibration_error(probabilities, right) == pytest.approx(0.5 * 0.3 + 0.5 * 0.4)
     assert brier_score([], []) is None and expected_calibration_error([], []) is None
+
+
+TEAM = ("self", "legal-counsel", "research-agent", "finance-manager")
+
+
+def _leaning_model(n: int, seed: int = 3) -> list[ScoredAnswer]:
+    """A model that adds 1.5 nats to research-agent whatever the task (a lean the correction should undo)."""
+    rng = random.Random(seed)
+    answers = []
+    for _ in range(n):
+        label = rng.choice(TEAM)
+        evidence = {c: (2.0 if c == label else 0.0) + rng.gauss(0, 1.0) for c in TEAM}
+        evidence["research-agent"] += 1.5
+        top = max(evidence.values())
+        log_norm = top + math.log(sum(math.exp(v - top) for v in evidence.values()))
+        answers.append(ScoredAnswer({c: v - log_norm for c, v in evidence.items()}, label, default_team=True))
+    return answers
+
+
+def _accuracy(correction: PriorCorrection | None, answers: list[ScoredAnswer]) -> float:
+    right = 0
+    for a in answers:
+        scores = dict(a.log_scores) if correction is None else correction.distribution(a.log_scores, default_team=True)
+        right += max(scores, key=lambda c: scores[c]) == a.label
+    return right / len(answers)
+
+
+def test_the_prior_correction_finds_the_lean_and_undoes_it_on_new_answers() -> None:
+    correction = fit_prior_correction(_leaning_model(400), TEAM, fitted_on="dev (400)")
+    assert correction is not None and correction.fitted_on == "dev (400)"
+    bias = correction.default_team_bias
+    assert bias["research-agent"] < min(bias[c] for c in TEAM if c != "research-agent") - 0.8
+    fresh = _leaning_model(400, seed=4)
+    assert _accuracy(correction, fresh) > _accuracy(None, fresh) + 0.05
+
+
+def test_too_few_answers_or_labels_never_scored_give_no_prior_correction() -> None:
+    assert fit_prior_correction(_leaning_model(MIN_CALIBRATION_POINTS - 1), TEAM, fitted_on="dev") is None
+    unscored = [ScoredAnswer({"self": -0.1}, "legal-counsel", default_team=True)] * 40
+    assert fit_prior_correction(unscored, TEAM, fitted_on="dev") is None
+
+
+def test_a_manifest_calibration_is_read_by_its_method_and_out_of_range_shifts_are_refused() -> None:
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Calibration | PriorCorrection] = TypeAdapter(ProgramCalibration)
+    platt = adapter.validate_python({"method": "platt", "slope": 0.3, "intercept": 0.4, "fitted_on": "dev (82)"})
+    assert isinstance(platt, Calibration)
+    prior = {"method": "prior_correction", "temperature": 1.2, "custom_self_bias": 0.5, "fitted_on": "dev"}
+    assert isinstance(adapter.validate_python({**prior, "default_team_bias": {"self": -0.7}}), PriorCorrection)
+    with pytest.raises(ValidationError, match="default_team_bias"):
+        adapter.validate_python({**prior, "default_team_bias": {"self": -70.0}})
+    with pytest.raises(ValidationError):
+        adapter.validate_python({**prior, "default_team_bias": {}, "temperature": 0})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
 from delegation.core.team import default_team
+from delegation.deciders.calibration import PriorCorrection
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
 from delegation.deciders.endpoint import build_dspy_lm
 from delegation.deciders.policy import format_candidates
@@ -170,7 +172,9 @@ def test_optimize_scores_both_programs_and_writes_a_candidate(tmp_path: Path) ->
     registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     with _scripted(TRAIN + DEV) as server:
         result = _optimize(server, registry, OptimizerConfig("labeled", max_demos=2, seed=7))
-    assert len(server.requests) == 2 * len(DEV)  # both programs on every dev example
+    # Both programs on every dev example, the chosen one on the train examples that are not its
+    # demos (the calibration's answers).
+    assert len(server.requests) == 2 * len(DEV) + len(TRAIN) - 2
     assert result.base.n == result.optimized.n == len(DEV)
     assert result.base.program_version == "dspy-base"
     assert result.base.accuracy == 1.0 and result.optimized.accuracy == 1.0 and result.improvement == 0.0
@@ -208,7 +212,7 @@ def test_demo_search_keeps_the_best_set_on_dev_and_records_what_it_tried(tmp_pat
     assert [(t["demos"], t["seed"]) for t in params["tried"]] == [(8, 7), (8, 8)]
     assert all(t["dev_score"] == pytest.approx(0.75) for t in params["tried"])
     assert params["chosen_seed"] == 7 and params["demos"] == 8
-    assert len(server.requests) == 3 * len(DEV)  # base and two demo sets
+    assert len(server.requests) == 3 * len(DEV) + len(POOL) - 8  # base, two demo sets, held-out train
     demos = registry.load(1).program.route.demos
     assert len(demos) == 8
 
@@ -247,3 +251,91 @@ def test_a_folder_outside_the_registry_is_refused_before_any_llm_call(tmp_path: 
         )
     assert server.requests == []
     assert registry.versions() == [] and not (tmp_path / "elsewhere").exists()
+
+
+def _leaning_towards_self(examples: list[LabeledExample]) -> ScriptedOpenAI:
+    """A model that answers ``self`` (0.6) when the label is legal-counsel (0.4): a lean a prior correction undoes."""
+    labels = {e.title: e.label for e in examples}
+
+    def responder(body: dict) -> tuple[int, dict]:
+        text = last_user_text(body)
+        label = labels[next(t for t in labels if f"Title: {t}" in text)]
+        # The other six default-team ids are reported too (as a real server's top-20 does), each far below.
+        others = {c.id: 0.01 for c in default_team() if c.id not in ("self", "legal-counsel")}
+        if label == "self":
+            return routing_answer("self", 0.9, alternative="legal-counsel", more_alternatives=others)
+        return routing_answer("self", 0.55, alternative=label, more_alternatives=others)
+
+    return ScriptedOpenAI(responder)
+
+
+LEANING = [
+    LabeledExample(id=f"l-{k}", title=f"Lean task {k:02d}", label="self" if k % 3 == 0 else "legal-counsel")
+    for k in range(40)
+]
+
+
+def test_recalibrate_keeps_the_champions_demos_and_fits_a_prior_correction_that_undoes_a_lean(
+    tmp_path: Path,
+) -> None:
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
+    train = [e for e in LEANING if int(e.id[2:]) < 24]
+    dev = [e for e in LEANING if int(e.id[2:]) >= 24]
+    with _leaning_towards_self(LEANING) as server:
+        first = _optimize(
+            server,
+            registry,
+            OptimizerConfig("labeled", max_demos=2, seed=7, calibrate_on_train=False),
+            train=train,
+            dev=dev,
+        )
+        registry.promote(first.manifest.version)
+        result = _optimize(server, registry, OptimizerConfig("recalibrate"), train=train, dev=dev)
+    manifest = result.manifest
+    assert manifest.parent_version == first.manifest.version
+    assert manifest.optimizer_params["demos_of_version"] == first.manifest.version
+    champion_demos = registry.load(first.manifest.version).program.route.demos
+    assert registry.load(manifest.version).program.route.demos == champion_demos
+    correction = manifest.calibration
+    assert isinstance(correction, PriorCorrection)
+    assert correction.fitted_on == f"dev ({len(dev)}) + train non-demos ({len(train) - 2})"
+    assert correction.default_team_bias["legal-counsel"] > correction.default_team_bias["self"]
+    # As served: the correction turns the leaning answers into the labels.
+    assert manifest.optimizer_params["dev_score_uncorrected"] == pytest.approx(1 / 3, abs=0.05)
+    assert manifest.optimized_dev_score == 1.0
+
+
+def test_recalibrate_without_a_champion_writes_nothing(tmp_path: Path) -> None:
+    registry = sqlite_registry(tmp_path, tmp_path / "builtin")
+    with _scripted(TRAIN + DEV) as server, pytest.raises(OptimizationError, match="no champion"):
+        _optimize(server, registry, OptimizerConfig("recalibrate"))
+    assert registry.versions() == []
+
+
+def test_a_demo_set_is_scored_after_a_correction_fitted_on_the_other_dev_folds() -> None:
+    from delegation.learning.evaluation import Outcome
+    from delegation.learning.optimizer import cross_fitted_accuracy
+
+    def leaning_outcome(example: LabeledExample) -> Outcome:
+        own = 0.9 if example.label == "self" else 0.45
+        scores = {c.id: math.log(0.01) for c in default_team()}
+        scores |= {"self": math.log(1 - own if example.label != "self" else own), example.label: math.log(own)}
+        if example.label != "self":
+            scores["self"] = math.log(0.55)
+        return Outcome(
+            example_id=example.id,
+            label=example.label,
+            predicted="self",
+            confidence=0.55,
+            latency_ms=1.0,
+            candidate_logprobs=scores,
+        )
+
+    outcomes = [leaning_outcome(e) for e in LEANING]
+    raw = sum(o.correct for o in outcomes) / len(outcomes)
+    assert raw == pytest.approx(14 / 40)  # only the self-labeled answers are right
+    assert cross_fitted_accuracy(LEANING, outcomes) == 1.0
+    # Too few answers to fit on: the answers as they are.
+    assert cross_fitted_accuracy(LEANING[:10], outcomes[:10]) == pytest.approx(
+        sum(o.correct for o in outcomes[:10]) / 10
+    )

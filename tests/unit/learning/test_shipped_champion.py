@@ -1,7 +1,8 @@
-"""A fresh clone has a champion: version 2, shipped in delegation/learning/artifacts and verified like any other.
+"""A fresh clone has a champion: version 3, shipped in delegation/learning/artifacts and verified like any other.
 
-Version 1 stays as retired history: it was built for the JSON answer with a generated
-confidence and reason, and the registry refuses it with that reason.
+Version 3 is version 2's demos with a prior correction; version 2 stays as retired history
+that still loads. Version 1 is retired history too: it was built for the JSON answer with a
+generated confidence and reason, and the registry refuses it with that reason.
 """
 
 from __future__ import annotations
@@ -10,23 +11,32 @@ from pathlib import Path
 
 import pytest
 
+from delegation.deciders.calibration import PriorCorrection
 from delegation.deciders.champion import ChampionProgram
 from delegation.learning.registry import BUILTIN_DIR, RegistryError
+from tests.support.factories import SHIPPED_CHAMPION as SHIPPED
 from tests.support.factories import sqlite_registry
 
 
 def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:
     registry = sqlite_registry(tmp_path)  # no run-time state: what a fresh clone sees
-    assert registry.champion() == 2
-    manifest = registry.manifest(2)
+    assert registry.champion() == SHIPPED
+    manifest = registry.manifest(SHIPPED)
     assert manifest.status == "champion"
     assert manifest.optimized_dev_score > manifest.base_dev_score
-    assert manifest.optimizer == "demo-search" and manifest.calibration is not None
-    loaded = registry.load(2)  # hash, signature fields and LM-settings checks all pass
-    assert loaded.version == "optimized_delegation_v2"
+    assert manifest.optimizer == "recalibrate" and isinstance(manifest.calibration, PriorCorrection)
+    loaded = registry.load(SHIPPED)  # hash, signature fields and LM-settings checks all pass
+    assert loaded.version == f"optimized_delegation_v{SHIPPED}"
     assert loaded.calibration == manifest.calibration
     assert len(loaded.program.route.demos) == manifest.optimizer_params["demos"]
-    assert ChampionProgram(registry).current.version == "optimized_delegation_v2"
+    assert ChampionProgram(registry).current.version == f"optimized_delegation_v{SHIPPED}"
+
+
+def test_version_2_is_retired_history_that_still_loads_with_the_champions_demos(tmp_path: Path) -> None:
+    registry = sqlite_registry(tmp_path)
+    assert registry.manifest(2).status == "retired"
+    assert registry.manifest(SHIPPED).optimizer_params["demos_of_version"] == 2
+    assert registry.load(2).program.route.demos == registry.load(SHIPPED).program.route.demos
 
 
 def test_version_1_is_retired_history_and_refused_with_its_reason(tmp_path: Path) -> None:
@@ -40,16 +50,16 @@ def test_promoting_at_run_time_leaves_the_shipped_files_untouched(tmp_path: Path
     before = {p.name: p.read_bytes() for p in BUILTIN_DIR.iterdir() if p.is_file()}
     registry = sqlite_registry(tmp_path)
     registry.write_version(
-        registry.load(2).program,
+        registry.load(SHIPPED).program,
         {
-            **registry.manifest(2).model_dump(exclude={"version", "sha256", "created_at"}),
+            **registry.manifest(SHIPPED).model_dump(exclude={"version", "sha256", "created_at"}),
             "status": "candidate",
             "status_reason": "test",
-            "parent_version": 2,
+            "parent_version": SHIPPED,
         },
     )
-    registry.promote(3)
-    assert registry.champion() == 3
-    assert registry.rollback() == 2
+    registry.promote(SHIPPED + 1)
+    assert registry.champion() == SHIPPED + 1
+    assert registry.rollback() == SHIPPED
     after = {p.name: p.read_bytes() for p in BUILTIN_DIR.iterdir() if p.is_file()}
     assert after == before

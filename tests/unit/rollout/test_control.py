@@ -21,7 +21,7 @@ from delegation.rollout.control import GUARDRAIL_ACTOR, RolloutControl
 from delegation.rollout.flags import get_feature_flags
 from delegation.rollout.guardrail import GuardrailLimits, check_guardrail
 from delegation.store.decisions import DecisionStore
-from tests.support.factories import decision_record
+from tests.support.factories import SHIPPED_CHAMPION, decision_record
 from tests.support.flags import flag_provider, set_flags
 
 runner = CliRunner()
@@ -380,7 +380,7 @@ def test_rollout_status_json_shows_flags_champion_live_split_and_guardrail(monke
     }
     assert status["flags_source"] == get_feature_flags().describe()
     assert status["flags_error"] is None
-    assert status["champion_version"] == 2
+    assert status["champion_version"] == SHIPPED_CHAMPION
     assert status["live_split"] == {
         "decisions": 10,
         "dspy": 4,
@@ -413,7 +413,7 @@ def test_rollout_status_without_decisions_or_changes() -> None:
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["flags"] == DEFAULT_FLAGS
-    assert status["champion_version"] == 2
+    assert status["champion_version"] == SHIPPED_CHAMPION
     assert status["live_split"] == {"decisions": 0, "dspy": 0, "dspy_share": None, "expected_share": None}
     assert status["guardrail"]["now"]["tripped"] is False and status["guardrail"]["now"]["decisions"] == 0
     assert status["recent_changes"] == []
