@@ -72,16 +72,17 @@ def detect_steering(text: str, candidate_ids: Iterable[str]) -> list[str]:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
-def without_steering(text: str, candidate_ids: Iterable[str]) -> str:
+def without_steering(text: str, candidate_ids: Iterable[str], *, may_empty: bool = False) -> str:
     """``text`` without its sentences that hold a routing instruction: what the model reads.
 
     Defense in depth, after the fence and the demos: the decision is the one the policy gives
     the task without those sentences. A text that is nothing but such sentences stays as it is
-    (the fence and the policy still apply), so a request never reaches the model empty.
+    (the fence and the policy still apply) unless ``may_empty``: a description may go, the
+    title stays, so a request never reaches the model empty.
     """
     ids = list(candidate_ids)
     sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
     kept = [s for s in sentences if not detect_steering(s, ids)]
-    if len(kept) == len(sentences) or not kept:
+    if len(kept) == len(sentences) or (not kept and not may_empty):
         return text
     return " ".join(kept)
