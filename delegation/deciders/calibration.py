@@ -23,6 +23,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from delegation.core.models import SELF_ID
+
 # Probabilities are clipped away from 0 and 1 so that the log-odds stay finite.
 PROBABILITY_EPSILON = 1e-6
 
@@ -56,7 +58,6 @@ class Calibration(BaseModel):
         return sigmoid(self.slope * logit(probability) + self.intercept)
 
 
-SELF_ID = "self"
 # Bounds that keep a hand-edited manifest from turning a shift into a verdict.
 MAX_LOG_PRIOR = 10.0
 
@@ -94,6 +95,12 @@ class PriorCorrection(BaseModel):
         weights = {c: math.exp(v - top) for c, v in shifted.items()}
         total = sum(weights.values())
         return {c: w / total for c, w in weights.items()}
+
+    def choose(self, log_scores: Mapping[str, float], *, default_team: bool) -> tuple[str, float]:
+        """The most probable candidate after the correction, and its corrected probability."""
+        distribution = self.distribution(log_scores, default_team=default_team)
+        chosen = max(distribution, key=lambda c: distribution[c])
+        return chosen, distribution[chosen]
 
     def apply(self, probability: float) -> float:
         """Only the chosen id's probability is known (candidates not told apart): the temperature alone."""

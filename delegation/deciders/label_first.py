@@ -448,6 +448,4 @@ def _prior_corrected(
     scores = candidate_log_scores(logprobs, answer, [c.id for c in candidates])
     if scores is None:
         return None
-    distribution = calibration.distribution(scores, default_team=is_default_team_text(format_candidates(candidates)))
-    chosen = max(distribution, key=lambda c: distribution[c])
-    return chosen, distribution[chosen]
+    return calibration.choose(scores, default_team=is_default_team_text(format_candidates(candidates)))

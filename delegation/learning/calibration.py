@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from delegation.deciders.calibration import SELF_ID, Calibration, PriorCorrection, logit
+from delegation.core.models import SELF_ID
+from delegation.deciders.calibration import Calibration, PriorCorrection, logit
 
 # Fewer points, or only one class, leave the slope and intercept undetermined: no calibration.
 MIN_CALIBRATION_POINTS = 20

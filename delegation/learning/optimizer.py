@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import dspy
 
 from delegation.core.team import candidates_for, default_team
-from delegation.deciders.calibration import PriorCorrection
+from delegation.deciders.calibration import Calibration, PriorCorrection
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
 from delegation.deciders.endpoint import LLMEndpoint
@@ -243,7 +243,7 @@ def cross_fitted_accuracy(dev: Sequence[LabeledExample], outcomes: Sequence[Outc
     for fold in range(CROSS_FIT_FOLDS):
         held = [i for i in range(len(dev)) if i % CROSS_FIT_FOLDS == fold]
         rest = [i for i in range(len(dev)) if i % CROSS_FIT_FOLDS != fold]
-        correction, _ = fit_calibration("prior_correction", [dev[i] for i in rest], [outcomes[i] for i in rest], [], [])
+        correction, _ = fit_prior_correction_on({"dev": ([dev[i] for i in rest], [outcomes[i] for i in rest])})
         for i in held:
             served = outcomes[i] if correction is None else apply_prior_correction(correction, outcomes[i], dev[i])
             right += served.correct
@@ -321,6 +321,8 @@ def optimize(
     optimizer, max_demos, seed = config.optimizer, config.max_demos, config.seed
     if optimizer not in OPTIMIZERS:
         raise OptimizationError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if config.calibration not in CALIBRATIONS:
+        raise OptimizationError(f"unknown calibration {config.calibration!r}; choose one of {CALIBRATIONS}")
     base, _ = evaluate_program(
         DelegationDecider(),
         BASE_PROGRAM_VERSION,
@@ -365,29 +367,33 @@ def optimize(
             program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
         )
     # Calibration from the chosen program's own answers on examples its demos are not (raw: it has none yet).
-    demo_ids = {_demo_key(d) for d in program.route.demos}
-    held_out_train = [
-        e
-        for e in train
-        if config.calibration == "prior_correction"
-        and config.calibrate_on_train
-        and _demo_key(to_dspy_example(e)) not in demo_ids
-    ]
-    train_outcomes: list[Outcome] = []
-    if held_out_train:
-        _, train_outcomes = evaluate_program(
-            program,
-            "candidate",
-            held_out_train,
-            lm=lm,
-            endpoint=endpoint,
-            progress=progress,
-            label="held-out train (for the calibration)",
-        )
-    calibration, fit = fit_calibration(config.calibration, dev, outcomes, held_out_train, train_outcomes)
     scored = [o for o in outcomes if o.error is None and o.confidence is not None]
     raw = [float(o.confidence) for o in scored if o.confidence is not None]
     rights = [o.correct for o in scored]
+    calibration: Calibration | PriorCorrection | None
+    fit: dict[str, Any] = {}
+    if config.calibration == "platt":
+        calibration = fit_platt(raw, rights, fitted_on=f"dev ({len(raw)})")
+    else:
+        held_out_train: list[LabeledExample] = []
+        train_outcomes: list[Outcome] = []
+        if config.calibrate_on_train:
+            demo_keys = {_demo_key(d) for d in program.route.demos}
+            held_out_train = [e for e in train if _demo_key(to_dspy_example(e)) not in demo_keys]
+        if held_out_train:
+            _, train_outcomes = evaluate_program(
+                program,
+                "candidate",
+                held_out_train,
+                lm=lm,
+                endpoint=endpoint,
+                progress=progress,
+                label="held-out train (for the calibration)",
+            )
+        calibration, counts = fit_prior_correction_on(
+            {"dev": (dev, outcomes), "train non-demos": (held_out_train, train_outcomes)}
+        )
+        fit["calibration_answers"] = counts
     uncorrected_dev_score = optimized.accuracy
     if isinstance(calibration, PriorCorrection):
         outcomes = [apply_prior_correction(calibration, o, e) for o, e in zip(outcomes, dev, strict=True)]
@@ -450,41 +456,28 @@ def _demo_key(demo: Any) -> tuple[str, str]:
     return (str(demo["candidates"]), str(demo["task"]))
 
 
-def fit_calibration(
-    method: str,
-    dev: Sequence[LabeledExample],
-    dev_outcomes: Sequence[Outcome],
-    held_out_train: Sequence[LabeledExample],
-    train_outcomes: Sequence[Outcome],
-) -> tuple[Any, dict[str, Any]]:
-    """The calibration of ``method`` fitted on the program's held-out answers, and what to record about the fit."""
-    if method not in CALIBRATIONS:
-        raise OptimizationError(f"unknown calibration {method!r}; choose one of {CALIBRATIONS}")
-    if method == "platt":
-        scored = [o for o in dev_outcomes if o.error is None and o.confidence is not None]
-        raw = [float(o.confidence) for o in scored if o.confidence is not None]
-        return fit_platt(raw, [o.correct for o in scored], fitted_on=f"dev ({len(raw)})"), {}
+def fit_prior_correction_on(
+    answered: Mapping[str, tuple[Sequence[LabeledExample], Sequence[Outcome]]],
+) -> tuple[PriorCorrection | None, dict[str, int]]:
+    """A prior correction fitted on the program's held-out answers, by source name; and how many each gave."""
     answers: list[ScoredAnswer] = []
-    counts = {"dev": 0, "train non-demos": 0}
-    for name, examples, outcomes in (("dev", dev, dev_outcomes), ("train non-demos", held_out_train, train_outcomes)):
+    counts = {name: 0 for name in answered}
+    for name, (examples, outcomes) in answered.items():
         for example, outcome in zip(examples, outcomes, strict=True):
             if outcome.candidate_logprobs is None:
                 continue
             counts[name] += 1
             answers.append(ScoredAnswer(outcome.candidate_logprobs, example.label, example.assignees is None))
     fitted_on = " + ".join(f"{name} ({n})" for name, n in counts.items() if n)
-    calibration = fit_prior_correction(answers, [c.id for c in default_team()], fitted_on=fitted_on)
-    return calibration, {"calibration_answers": counts}
+    return fit_prior_correction(answers, [c.id for c in default_team()], fitted_on=fitted_on), counts
 
 
 def apply_prior_correction(correction: PriorCorrection, outcome: Outcome, example: LabeledExample) -> Outcome:
     """The outcome as the served program gives it: the corrected choice and confidence (unchanged without scores)."""
     if outcome.candidate_logprobs is None or outcome.error is not None:
         return outcome
-    request = example.to_request()
-    default = is_default_team_text(format_candidates(candidates_for(request)))
-    distribution = correction.distribution(outcome.candidate_logprobs, default_team=default)
-    chosen = max(distribution, key=lambda c: distribution[c])
+    default = is_default_team_text(format_candidates(candidates_for(example.to_request())))
+    chosen, confidence = correction.choose(outcome.candidate_logprobs, default_team=default)
     return outcome.model_copy(
-        update={"predicted": chosen, "confidence": distribution[chosen], "confidence_source": "calibrated_logprobs"}
+        update={"predicted": chosen, "confidence": confidence, "confidence_source": "calibrated_logprobs"}
     )
