@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from delegation.core.models import SELF_ID
+
 # Generic names text uses for a desk that is not a candidate id ("route to legal", "assign to: admin").
 _DESK_WORDS = r"admin|administrator|legal|finance|accounts|hr|it|engineering|design|research|support|self|the assistant"
 
@@ -70,19 +72,47 @@ def detect_steering(text: str, candidate_ids: Iterable[str]) -> list[str]:
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# Inside a sentence: after a colon or semicolon, or around a dash ("Assign this to X please: my password expired").
+_CLAUSE_END = re.compile(r"(?<=[:;])\s+|\s+[\u2014\u2013-]{1,2}\s+")
 
 
-def without_steering(text: str, candidate_ids: Iterable[str], *, may_empty: bool = False) -> str:
+def _without_steering_clauses(sentence: str, ids: list[str]) -> str:
+    """A steering sentence without its steering clauses; empty when the instruction cannot be cut out alone.
+
+    Only clauses that are hits on their own go. The whole sentence goes when no clause is (the
+    instruction spans the separator: "Route this to: legal"), when what is left still reads as
+    one, names a candidate, or ends in a lead-in to the instruction ("Message from the CEO:").
+    """
+    clauses = [c for c in _CLAUSE_END.split(sentence) if c.strip()]
+    kept = [c for c in clauses if not detect_steering(c, ids)]
+    if len(kept) == len(clauses) or not kept:
+        return ""
+    rest = " ".join(kept)
+    named = [i for i in ids if i != SELF_ID and re.search(rf"(?<![\w-]){re.escape(i)}(?![\w-])", rest, re.IGNORECASE)]
+    if named or detect_steering(rest, ids) or rest.rstrip().endswith(":"):
+        return ""
+    return rest
+
+
+def without_steering(
+    text: str, candidate_ids: Iterable[str], *, may_empty: bool = False, by_clause: bool = False
+) -> str:
     """``text`` without its sentences that hold a routing instruction: what the model reads.
 
     Defense in depth, after the fence and the demos: the decision is the one the policy gives
-    the task without those sentences. A text that is nothing but such sentences stays as it is
-    (the fence and the policy still apply) unless ``may_empty``: a description may go, the
-    title stays, so a request never reaches the model empty.
+    the task without those sentences. With ``by_clause`` (for a title, which is one sentence
+    and must stay), a sentence whose instruction is a clause of its own ("Assign this to X
+    please: my Jira password expired") keeps its other clauses. A text that is nothing but
+    instructions stays as it is (the fence and the policy still apply) unless ``may_empty``:
+    a description may go, the title stays, so a request never reaches the model empty.
     """
     ids = list(candidate_ids)
     sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
-    kept = [s for s in sentences if not detect_steering(s, ids)]
-    if len(kept) == len(sentences) or (not kept and not may_empty):
+    kept = [
+        s if not detect_steering(s, ids) else (_without_steering_clauses(s, ids) if by_clause else "")
+        for s in sentences
+    ]
+    kept = [s for s in kept if s]
+    if kept == sentences or (not kept and not may_empty):
         return text
     return " ".join(kept)

@@ -237,13 +237,22 @@ class SearchedProgram:
 CROSS_FIT_FOLDS = 5
 
 
-def cross_fitted_accuracy(dev: Sequence[LabeledExample], outcomes: Sequence[Outcome]) -> float:
-    """Dev accuracy with each answer corrected by a prior correction fitted on the other folds (no LLM calls)."""
+def cross_fitted_accuracy(
+    dev: Sequence[LabeledExample],
+    outcomes: Sequence[Outcome],
+    also_fitted_on: Mapping[str, tuple[Sequence[LabeledExample], Sequence[Outcome]]] | None = None,
+) -> float:
+    """Dev accuracy with each answer corrected by a prior correction fitted on the other folds (no LLM calls).
+
+    ``also_fitted_on`` (e.g. the train examples that are not demos) joins every fold's fit.
+    """
     right = 0
     for fold in range(CROSS_FIT_FOLDS):
         held = [i for i in range(len(dev)) if i % CROSS_FIT_FOLDS == fold]
         rest = [i for i in range(len(dev)) if i % CROSS_FIT_FOLDS != fold]
-        correction, _ = fit_prior_correction_on({"dev": ([dev[i] for i in rest], [outcomes[i] for i in rest])})
+        correction, _ = fit_prior_correction_on(
+            {"dev": ([dev[i] for i in rest], [outcomes[i] for i in rest]), **(also_fitted_on or {})}
+        )
         for i in held:
             served = outcomes[i] if correction is None else apply_prior_correction(correction, outcomes[i], dev[i])
             right += served.correct
@@ -394,6 +403,10 @@ def optimize(
             {"dev": (dev, outcomes), "train non-demos": (held_out_train, train_outcomes)}
         )
         fit["calibration_answers"] = counts
+        # The dev score below is the correction's own fit; this one is not (each dev answer is held out).
+        fit["dev_score_cross_fitted"] = cross_fitted_accuracy(
+            dev, outcomes, {"train non-demos": (held_out_train, train_outcomes)}
+        )
     uncorrected_dev_score = optimized.accuracy
     if isinstance(calibration, PriorCorrection):
         outcomes = [apply_prior_correction(calibration, o, e) for o, e in zip(outcomes, dev, strict=True)]
@@ -467,7 +480,14 @@ def fit_prior_correction_on(
             if outcome.candidate_logprobs is None:
                 continue
             counts[name] += 1
-            answers.append(ScoredAnswer(outcome.candidate_logprobs, example.label, example.assignees is None))
+            answers.append(
+                ScoredAnswer(
+                    outcome.candidate_logprobs,
+                    example.label,
+                    example.assignees is None,
+                    candidates=tuple(candidates_for(example.to_request())),
+                )
+            )
     fitted_on = " + ".join(f"{name} ({n})" for name, n in counts.items() if n)
     return fit_prior_correction(answers, [c.id for c in default_team()], fitted_on=fitted_on), counts
 
@@ -476,8 +496,9 @@ def apply_prior_correction(correction: PriorCorrection, outcome: Outcome, exampl
     """The outcome as the served program gives it: the corrected choice and confidence (unchanged without scores)."""
     if outcome.candidate_logprobs is None or outcome.error is not None:
         return outcome
-    default = is_default_team_text(format_candidates(candidates_for(example.to_request())))
-    chosen, confidence = correction.choose(outcome.candidate_logprobs, default_team=default)
+    candidates = candidates_for(example.to_request())
+    default = is_default_team_text(format_candidates(candidates))
+    chosen, confidence = correction.choose(outcome.candidate_logprobs, default_team=default, candidates=candidates)
     return outcome.model_copy(
         update={"predicted": chosen, "confidence": confidence, "confidence_source": "calibrated_logprobs"}
     )

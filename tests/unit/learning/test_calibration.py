@@ -8,6 +8,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
+from delegation.core.models import Assignee
 from delegation.deciders.calibration import Calibration, PriorCorrection, ProgramCalibration
 from delegation.learning.calibration import (
     MIN_CALIBRATION_POINTS,
@@ -122,3 +123,106 @@ def test_a_manifest_calibration_is_read_by_its_method_and_out_of_range_shifts_ar
         adapter.validate_python({**prior, "default_team_bias": {"self": -70.0}})
     with pytest.raises(ValidationError):
         adapter.validate_python({**prior, "default_team_bias": {}, "temperature": 0})
+
+
+def _normalised(evidence: dict[str, float]) -> dict[str, float]:
+    top = max(evidence.values())
+    log_norm = top + math.log(sum(math.exp(v - top) for v in evidence.values()))
+    return {c: v - log_norm for c, v in evidence.items()}
+
+
+def _confusing_model(n: int, seed: int) -> list[ScoredAnswer]:
+    """A model that cannot tell legal-counsel from finance-manager by their own scores, only by research-agent's.
+
+    Both labels get the same legal/finance scores (finance ahead); what differs is research-agent's
+    score (high when the task is legal). No per-candidate shift can separate them; a cross weight can.
+    """
+    rng = random.Random(seed)
+    answers = []
+    for _ in range(n):
+        label = rng.choice(("legal-counsel", "finance-manager"))
+        evidence = {"self": -3.0, "legal-counsel": -1.0, "finance-manager": 0.0, "research-agent": -4.0}
+        if label == "legal-counsel":
+            evidence["research-agent"] = -1.5
+        noisy = {c: v + rng.gauss(0, 0.3) for c, v in evidence.items()}
+        answers.append(ScoredAnswer(_normalised(noisy), label, default_team=True))
+    return answers
+
+
+def test_cross_weights_undo_a_confusion_that_shifts_alone_cannot() -> None:
+    train, fresh = _confusing_model(300, seed=5), _confusing_model(300, seed=6)
+    shifts_only = fit_prior_correction(train, TEAM, fitted_on="dev (300)", cross_weights=False)
+    with_cross = fit_prior_correction(train, TEAM, fitted_on="dev (300)")
+    assert shifts_only is not None and with_cross is not None
+    assert shifts_only.default_team_cross_weights == {}
+    # research-agent's score now raises legal-counsel's more than finance-manager's
+    weights = with_cross.default_team_cross_weights
+    assert weights["legal-counsel"]["research-agent"] > weights["finance-manager"]["research-agent"] + 0.3
+    assert _accuracy(shifts_only, fresh) < 0.65  # at best the majority label, about half
+    assert _accuracy(with_cross, fresh) > 0.9
+
+
+def _listed(ids: list[str]) -> tuple[Assignee, ...]:
+    return tuple(
+        Assignee(id=i, name=i, kind="agent" if i in ("self", "bot") else "human", description=f"{i}'s work")
+        for i in ids
+    )
+
+
+def _last_listed_lean(n: int, seed: int) -> list[ScoredAnswer]:
+    """Custom lists whose last-listed candidate gets 1.5 nats whatever the task (a position lean)."""
+    rng = random.Random(seed)
+    answers = []
+    for _ in range(n):
+        ids = ["self", *rng.sample(["ana", "ben", "cleo", "dev", "eli"], 3)]
+        rng.shuffle(ids)
+        label = rng.choice(ids)
+        evidence = {c: (2.0 if c == label else 0.0) + rng.gauss(0, 1.0) for c in ids}
+        evidence[ids[-1]] += 1.5
+        answers.append(ScoredAnswer(_normalised(evidence), label, default_team=False, candidates=_listed(ids)))
+    return answers
+
+
+def test_a_custom_list_position_lean_is_found_and_undone() -> None:
+    train, fresh = _last_listed_lean(300, seed=7), _last_listed_lean(300, seed=8)
+    correction = fit_prior_correction(train, TEAM, fitted_on="dev (300)")
+    assert correction is not None and correction.custom_temperature is not None
+    assert correction.custom_position_bias < -0.8
+
+    def accuracy(c: PriorCorrection | None) -> float:
+        right = 0
+        for a in fresh:
+            if c is None:
+                right += max(a.log_scores, key=lambda k: a.log_scores[k]) == a.label
+            else:
+                right += c.choose(a.log_scores, default_team=False, candidates=a.candidates)[0] == a.label
+        return right / len(fresh)
+
+    assert accuracy(correction) > accuracy(None) + 0.05
+
+
+def test_a_manifest_without_the_newer_fields_serves_as_it_did() -> None:
+    """v3's manifest has no cross weights, agent or position shifts: they read as zero, the choice is unchanged."""
+    old = PriorCorrection(
+        temperature=1.25, default_team_bias={"self": -0.8, "legal-counsel": 1.7}, custom_self_bias=1.3, fitted_on="dev"
+    )
+    scores = {"self": -0.4, "legal-counsel": -1.6, "finance-manager": -2.5}
+    expected = {c: scores[c] / 1.25 + {"self": -0.8, "legal-counsel": 1.7}.get(c, 0.0) for c in scores}
+    total = sum(math.exp(v) for v in expected.values())
+    got = old.distribution(scores, default_team=True, candidates=_listed(list(scores)))
+    assert got == pytest.approx({c: math.exp(v) / total for c, v in expected.items()})
+    custom = old.distribution(scores, default_team=False, candidates=_listed(list(scores)))
+    shifted = {c: scores[c] / 1.25 + (1.3 if c == "self" else 0.0) for c in scores}
+    total = sum(math.exp(v) for v in shifted.values())
+    assert custom == pytest.approx({c: math.exp(v) / total for c, v in shifted.items()})
+
+
+def test_out_of_range_cross_weights_are_refused_by_name() -> None:
+    with pytest.raises(ValidationError, match=r"default_team_cross_weights\['self'\]\['legal-counsel'\]"):
+        PriorCorrection(
+            temperature=1.0,
+            default_team_bias={},
+            default_team_cross_weights={"self": {"legal-counsel": 5.0}},
+            custom_self_bias=0.0,
+            fitted_on="dev",
+        )

@@ -1,8 +1,9 @@
-"""A fresh clone has a champion: version 3, shipped in delegation/learning/artifacts and verified like any other.
+"""A fresh clone has a champion: version 4, shipped in delegation/learning/artifacts and verified like any other.
 
-Version 3 is version 2's demos with a prior correction; version 2 stays as retired history
-that still loads. Version 1 is retired history too: it was built for the JSON answer with a
-generated confidence and reason, and the registry refuses it with that reason.
+Version 4 is version 2's demos (kept by version 3) with a prior correction that has cross
+weights and custom-list place shifts; versions 2 (Platt scaling) and 3 (shifts alone) stay as
+retired history that still loads. Version 1 is retired history too: it was built for the JSON
+answer with a generated confidence and reason, and the registry refuses it with that reason.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:
     assert ChampionProgram(registry).current.version == f"optimized_delegation_v{SHIPPED}"
 
 
-def test_version_2_is_retired_history_that_still_loads_with_the_champions_demos(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_earlier_versions_are_retired_history_that_still_load_with_the_champions_demos(
+    tmp_path: Path, version: int
+) -> None:
     registry = sqlite_registry(tmp_path)
-    assert registry.manifest(2).status == "retired"
-    assert registry.manifest(SHIPPED).optimizer_params["demos_of_version"] == 2
-    assert registry.load(2).program.route.demos == registry.load(SHIPPED).program.route.demos
+    assert registry.manifest(version).status == "retired"
+    assert registry.manifest(SHIPPED).optimizer_params["demos_of_version"] == 3
+    assert registry.load(version).program.route.demos == registry.load(SHIPPED).program.route.demos
 
 
 def test_version_1_is_retired_history_and_refused_with_its_reason(tmp_path: Path) -> None:
