@@ -44,7 +44,13 @@ from delegation.learning.dataset import DatasetError, LabeledExample, Split, loa
 from delegation.learning.evaluation import run_decider, summarize
 from delegation.learning.optimizer import DEFAULT_OPTIMIZER_CONFIG, OptimizationError, OptimizerConfig, optimize
 from delegation.learning.promotion import promotion_verdict
-from delegation.learning.registry import REOPTIMIZATION_ACTOR, ArtifactRegistry, RegistryConflict, RegistryError
+from delegation.learning.registry import (
+    REOPTIMIZATION_ACTOR,
+    ArtifactRegistry,
+    Manifest,
+    RegistryConflict,
+    RegistryError,
+)
 from delegation.learning.training_set import FailedExample, TrainingSetError, TrainingSetStore
 from delegation.store.decisions import DecisionStore, StoredDecision
 
@@ -61,6 +67,23 @@ def _review_reason(decision: StoredDecision, confidence_below: float) -> str | N
     if record.decision.confidence < confidence_below:
         return f"low confidence {record.decision.confidence:.2f}"
     return None
+
+
+def challenger_config(champion: Manifest | None) -> OptimizerConfig:
+    """The challenger's optimizer settings: the champion's, or the shipped defaults when there is none.
+
+    A recalibrated champion kept demos an earlier search chose, so the grown training set gets a
+    new search (the default optimizer) rather than another recalibration of the same demos.
+    """
+    config = DEFAULT_OPTIMIZER_CONFIG
+    if champion is None:
+        return config
+    return OptimizerConfig(
+        optimizer=champion.optimizer if champion.optimizer != "recalibrate" else config.optimizer,
+        max_demos=int(champion.optimizer_params.get("max_demos", config.max_demos)),
+        seed=int(champion.optimizer_params.get("seed", config.seed)),
+        calibration=champion.calibration.method if champion.calibration is not None else config.calibration,
+    )
 
 
 class ReoptimizationActivities:
@@ -197,17 +220,8 @@ class ReoptimizationActivities:
         if existing is not None:
             logger.info("challenger version {} was already written for run {}", existing, data.run_key)
             return self._challenger_result(existing, reused=True)
-        # The champion's configuration; the shipped one when there is no champion to copy it from.
-        config = DEFAULT_OPTIMIZER_CONFIG
-        if data.champion_version is not None:
-            manifest = self._registry.manifest(data.champion_version)
-            config = OptimizerConfig(
-                # A recalibrated champion kept demos a search chose: the grown set deserves a new search.
-                optimizer=manifest.optimizer if manifest.optimizer != "recalibrate" else config.optimizer,
-                max_demos=int(manifest.optimizer_params.get("max_demos", config.max_demos)),
-                seed=int(manifest.optimizer_params.get("seed", config.seed)),
-                calibration=manifest.calibration.method if manifest.calibration is not None else config.calibration,
-            )
+        champion = self._registry.manifest(data.champion_version) if data.champion_version is not None else None
+        config = challenger_config(champion)
         train = await asyncio.to_thread(self._training_sets.load, data.training_set.version)
         dev = self._split("dev")
         try:

@@ -56,8 +56,8 @@ class Calibration(BaseModel):
     intercept: float = Field(ge=-100, le=100)
     fitted_on: str = Field(description="The split (and size) it was fitted on, e.g. 'dev (82)'.")
 
-    def apply(self, probability: float) -> float:
-        """The calibrated probability."""
+    def apply(self, probability: float, *, default_team: bool = True) -> float:
+        """The calibrated probability (the same for the default team and custom lists)."""
         return sigmoid(self.slope * logit(probability) + self.intercept)
 
 
@@ -136,6 +136,10 @@ class PriorCorrection(BaseModel):
                         f"default_team_cross_weights[{key!r}][{other!r}] = {value} is outside +-{MAX_CROSS_WEIGHT}"
                     )
 
+    def temperature_for(self, *, default_team: bool) -> float:
+        """The temperature of the default team, or of custom lists (the same one unless fitted apart)."""
+        return self.temperature if default_team or self.custom_temperature is None else self.custom_temperature
+
     def shift(self, candidate_id: str, default_team: bool, place: CustomListPlace | None = None) -> float:
         """The log-prior shift of one candidate (in a custom list, by its place when known)."""
         if default_team:
@@ -157,7 +161,7 @@ class PriorCorrection(BaseModel):
         it only ``self``'s shift applies there.
         """
         places = custom_list_places(candidates) if candidates and not default_team else {}
-        temperature = self.temperature if default_team or self.custom_temperature is None else self.custom_temperature
+        temperature = self.temperature_for(default_team=default_team)
         shifted = {}
         for c, lp in log_scores.items():
             cross = self.default_team_cross_weights.get(c, {}) if default_team else {}
@@ -176,9 +180,10 @@ class PriorCorrection(BaseModel):
         chosen = max(distribution, key=lambda c: distribution[c])
         return chosen, distribution[chosen]
 
-    def apply(self, probability: float) -> float:
+    def apply(self, probability: float, *, default_team: bool = True) -> float:
         """Only the chosen id's probability is known (candidates not told apart): the temperature alone."""
-        return sigmoid(logit(probability) / self.temperature)
+        temperature = self.temperature_for(default_team=default_team)
+        return sigmoid(logit(probability) / temperature)
 
 
 ProgramCalibration = Annotated[Calibration | PriorCorrection, Field(discriminator="method")]

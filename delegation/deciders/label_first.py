@@ -415,7 +415,8 @@ def decision_from_answer(
     elif probability is not None:
         confidence, source = probability, "logprobs"
         if calibration is not None:
-            confidence, source = calibration.apply(probability), "calibrated_logprobs"
+            default = is_default_team_text(format_candidates(candidates))
+            confidence, source = calibration.apply(probability, default_team=default), "calibrated_logprobs"
     elif answer.confidence is not None:
         value = confidence_as_fraction(answer.confidence)
         if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= 1.0:

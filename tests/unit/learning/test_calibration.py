@@ -226,3 +226,12 @@ def test_out_of_range_cross_weights_are_refused_by_name() -> None:
             custom_self_bias=0.0,
             fitted_on="dev",
         )
+
+
+def test_a_custom_list_whose_ids_are_not_told_apart_gets_the_custom_lists_temperature() -> None:
+    correction = PriorCorrection(
+        temperature=1.0, custom_temperature=2.0, default_team_bias={}, custom_self_bias=0.0, fitted_on="dev"
+    )
+    odds = math.log(0.9 / 0.1)
+    assert correction.apply(0.9) == pytest.approx(0.9)
+    assert correction.apply(0.9, default_team=False) == pytest.approx(1 / (1 + math.exp(-odds / 2)))
