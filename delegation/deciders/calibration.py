@@ -75,6 +75,11 @@ class CustomListPlace:
     position: float  # 0 for the first candidate listed, 1 for the last
 
 
+def place_of(candidate_id: str, places: Mapping[str, CustomListPlace]) -> CustomListPlace:
+    """A candidate's place; without the list (its order and kinds unknown) only whether it is ``self``."""
+    return places.get(candidate_id) or CustomListPlace(candidate_id == SELF_ID, False, 0.0)
+
+
 def custom_list_places(candidates: Sequence[Assignee]) -> dict[str, CustomListPlace]:
     """Each candidate's place in a custom list, by id (serving and fitting read it the same way)."""
     last = max(1, len(candidates) - 1)
@@ -144,8 +149,7 @@ class PriorCorrection(BaseModel):
         """The log-prior shift of one candidate (in a custom list, by its place when known)."""
         if default_team:
             return self.default_team_bias.get(candidate_id, 0.0)
-        if place is None:
-            return self.custom_self_bias if candidate_id == SELF_ID else 0.0
+        place = place or place_of(candidate_id, {})
         return (
             self.custom_self_bias * place.is_self
             + self.custom_agent_bias * place.is_agent

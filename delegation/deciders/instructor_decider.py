@@ -28,11 +28,11 @@ from delegation.deciders.label_first import (
     ParsedAnswer,
     chat_messages,
     decision_from_answer,
-    is_default_team_text,
+    is_default_team,
     request_turn,
     system_text,
 )
-from delegation.deciders.policy import MAX_REASKS, POLICY, format_candidates, format_task
+from delegation.deciders.policy import MAX_REASKS, POLICY, format_task
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -144,7 +144,7 @@ class InstructorDecider:
     async def _ask(self, request: DelegationRequest, candidates: Sequence[Assignee]) -> tuple[ParsedAnswer, Any]:
         ids = tuple(c.id for c in candidates)
         plan = self._endpoint.slot_plan
-        custom_list = not is_default_team_text(format_candidates(candidates))
+        custom_list = not is_default_team(candidates)
         slot = None if plan is None else plan.slot_for("instructor", custom_list)
         spec = AnswerSpec(
             "json_schema",

@@ -53,6 +53,11 @@ def is_default_team_text(candidates_text: str) -> bool:
     return candidates_text == default_team_text()
 
 
+def is_default_team(candidates: Sequence[Assignee]) -> bool:
+    """Whether the candidates read as the default team (a list identical to it counts as it)."""
+    return is_default_team_text(format_candidates(candidates))
+
+
 def user_turn(candidates_text: str, task_text: str) -> str:
     """What the model reads for one request: a custom candidate list first (when there is one), then the task.
 
@@ -402,7 +407,8 @@ def decision_from_answer(
         raise InvalidDecisionError(
             f"the answer ({len(answer.assignee_id)} characters) is not one of the candidate ids {ids}"
         )
-    corrected = _prior_corrected(answer, logprobs, candidates, calibration)
+    default = is_default_team(candidates)
+    corrected = _prior_corrected(answer, logprobs, candidates, default, calibration)
     if corrected is not None:
         chosen, confidence = corrected
         # A generated reason argued for the written id; for another id it would mislead.
@@ -415,7 +421,6 @@ def decision_from_answer(
     elif probability is not None:
         confidence, source = probability, "logprobs"
         if calibration is not None:
-            default = is_default_team_text(format_candidates(candidates))
             confidence, source = calibration.apply(probability, default_team=default), "calibrated_logprobs"
     elif answer.confidence is not None:
         value = confidence_as_fraction(answer.confidence)
@@ -444,6 +449,7 @@ def _prior_corrected(
     answer: ParsedAnswer,
     logprobs: Any,
     candidates: Sequence[Assignee],
+    default_team: bool,
     calibration: Calibration | PriorCorrection | None,
 ) -> tuple[str, float] | None:
     """The most probable candidate after a prior correction, and its probability; None when it does not apply."""
@@ -452,5 +458,4 @@ def _prior_corrected(
     scores = candidate_log_scores(logprobs, answer, [c.id for c in candidates])
     if scores is None:
         return None
-    default = is_default_team_text(format_candidates(candidates))
-    return calibration.choose(scores, default_team=default, candidates=candidates)
+    return calibration.choose(scores, default_team=default_team, candidates=candidates)

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
-from delegation.core.models import SELF_ID, Assignee
+from delegation.core.models import Assignee
 from delegation.deciders.calibration import (
     MAX_CROSS_WEIGHT,
     Calibration,
     PriorCorrection,
     custom_list_places,
     logit,
+    place_of,
 )
 
 # Fewer points, or only one class, leave the slope and intercept undetermined: no calibration.
@@ -79,15 +80,8 @@ class ScoredAnswer:
 
 def _custom_features(answer: ScoredAnswer, order: Sequence[str]) -> np.ndarray:
     """Per candidate (rows, in ``order``): is self, is another agent, position; the custom-list shifts' inputs."""
-    places = custom_list_places(answer.candidates) if answer.candidates else {}
-    rows = []
-    for c in order:
-        place = places.get(c)
-        if place is None:
-            rows.append([float(c == SELF_ID), 0.0, 0.0])
-        else:
-            rows.append([float(place.is_self), float(place.is_agent), place.position])
-    return np.array(rows)
+    places = custom_list_places(answer.candidates)
+    return np.array([[float(p.is_self), float(p.is_agent), p.position] for p in (place_of(c, places) for c in order)])
 
 
 def fit_prior_correction(
@@ -101,8 +95,9 @@ def fit_prior_correction(
 
     One shift per default-team id and (with ``cross_weights``) a weight per ordered pair of
     default-team ids (default-team answers); shifts for ``self``, other agents and the position
-    in custom lists (custom-list answers); one temperature for all. None when there are too
-    few answers or the label is never among the scored candidates.
+    in custom lists (custom-list answers); a temperature for each (the default team's stays 1
+    with cross weights, whose diagonal scales its scores). None when there are too few answers
+    or the label is never among the scored candidates.
     """
     usable = [a for a in answers if a.label in a.log_scores]
     if len(usable) < MIN_CALIBRATION_POINTS:

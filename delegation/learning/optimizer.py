@@ -24,7 +24,7 @@ from delegation.deciders.calibration import Calibration, PriorCorrection
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram
 from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
 from delegation.deciders.endpoint import LLMEndpoint
-from delegation.deciders.label_first import is_default_team_text
+from delegation.deciders.label_first import is_default_team
 from delegation.deciders.policy import format_candidates, format_task
 from delegation.deciders.prompt_slots import OFFLINE_SLOT
 from delegation.learning.calibration import (
@@ -480,13 +480,9 @@ def fit_prior_correction_on(
             if outcome.candidate_logprobs is None:
                 continue
             counts[name] += 1
+            candidates = candidates_for(example.to_request())
             answers.append(
-                ScoredAnswer(
-                    outcome.candidate_logprobs,
-                    example.label,
-                    example.assignees is None,
-                    candidates=tuple(candidates_for(example.to_request())),
-                )
+                ScoredAnswer(outcome.candidate_logprobs, example.label, is_default_team(candidates), candidates)
             )
     fitted_on = " + ".join(f"{name} ({n})" for name, n in counts.items() if n)
     return fit_prior_correction(answers, [c.id for c in default_team()], fitted_on=fitted_on), counts
@@ -497,8 +493,9 @@ def apply_prior_correction(correction: PriorCorrection, outcome: Outcome, exampl
     if outcome.candidate_logprobs is None or outcome.error is not None:
         return outcome
     candidates = candidates_for(example.to_request())
-    default = is_default_team_text(format_candidates(candidates))
-    chosen, confidence = correction.choose(outcome.candidate_logprobs, default_team=default, candidates=candidates)
+    chosen, confidence = correction.choose(
+        outcome.candidate_logprobs, default_team=is_default_team(candidates), candidates=candidates
+    )
     return outcome.model_copy(
         update={"predicted": chosen, "confidence": confidence, "confidence_source": "calibrated_logprobs"}
     )
