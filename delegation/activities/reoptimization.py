@@ -83,6 +83,7 @@ def challenger_config(champion: Manifest | None) -> OptimizerConfig:
         max_demos=int(champion.optimizer_params.get("max_demos", config.max_demos)),
         seed=int(champion.optimizer_params.get("seed", config.seed)),
         calibration=champion.calibration.method if champion.calibration is not None else config.calibration,
+        demo_layout=champion.demo_layout,
     )
 
 

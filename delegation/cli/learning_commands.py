@@ -324,9 +324,16 @@ def optimize_command(
     calibrate_on_train: Annotated[
         bool, typer.Option(help="Fit the calibration on the train examples that are not demos as well as on dev.")
     ] = DEFAULT_OPTIMIZER_CONFIG.calibrate_on_train,
+    demo_layout: Annotated[
+        str,
+        typer.Option(
+            help="by_list (a default-team request's prefix holds the default-team demos only) or shared (every demo)."
+        ),
+    ] = DEFAULT_OPTIMIZER_CONFIG.demo_layout,
 ) -> None:
     """Compile DelegationDecider, compare it with the base module on dev, and save a new candidate version."""
     from delegation.cli.progress import optimization_progress
+    from delegation.deciders.dspy_program import DEMO_LAYOUTS
     from delegation.deciders.endpoint import build_dspy_lm, resolve_endpoint
     from delegation.learning.optimizer import CALIBRATIONS, OPTIMIZERS, OptimizationError, OptimizerConfig, optimize
     from delegation.learning.registry import RegistryError, registry_for
@@ -335,6 +342,8 @@ def optimize_command(
         _fail(f"--optimizer must be one of {OPTIMIZERS}, not {optimizer!r}", 2)
     if calibration not in CALIBRATIONS:
         _fail(f"--calibration must be one of {CALIBRATIONS}, not {calibration!r}", 2)
+    if demo_layout not in DEMO_LAYOUTS:
+        _fail(f"--demo-layout must be one of {DEMO_LAYOUTS}, not {demo_layout!r}", 2)
     if not 1 <= max_demos <= 32:
         _fail("--max-demos must be between 1 and 32", 2)
     settings = get_settings()
@@ -357,7 +366,12 @@ def optimize_command(
                 train=train_examples,
                 dev=dev_examples,
                 config=OptimizerConfig(
-                    optimizer, max_demos, seed, calibration=calibration, calibrate_on_train=calibrate_on_train
+                    optimizer,
+                    max_demos,
+                    seed,
+                    calibration=calibration,
+                    calibrate_on_train=calibrate_on_train,
+                    demo_layout=demo_layout,
                 ),
                 progress=progress,
                 artifact_directory=artifact_dir,

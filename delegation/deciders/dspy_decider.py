@@ -17,7 +17,7 @@ from delegation.core.activity_io import DeciderResult
 from delegation.core.models import Assignee, DelegationRequest
 from delegation.core.team import candidates_for
 from delegation.deciders.calibration import Calibration, PriorCorrection
-from delegation.deciders.dspy_program import DelegationDecider, LabelFirstAdapter
+from delegation.deciders.dspy_program import DelegationDecider, DemoLayout, LabelFirstAdapter
 from delegation.deciders.errors import InvalidDecisionError, ProgramLoadError, llm_call_error
 from delegation.deciders.label_first import (
     AmbiguousFirstToken,
@@ -25,6 +25,7 @@ from delegation.deciders.label_first import (
     ParsedAnswer,
     candidate_log_scores,
     decision_from_answer,
+    default_team_text,
     logprob_text,
     model_task,
 )
@@ -111,9 +112,17 @@ def load_program(path: Path | None, calibration: Calibration | PriorCorrection |
 
 
 def load_program_state(
-    text: str, version: str, calibration: Calibration | PriorCorrection | None = None, *, source: str | None = None
+    text: str,
+    version: str,
+    calibration: Calibration | PriorCorrection | None = None,
+    *,
+    source: str | None = None,
+    demo_layout: DemoLayout = "shared",
 ) -> LoadedProgram:
-    """A program from its saved state (the JSON text ``Module.save`` writes), reporting ``version``."""
+    """A program from its saved state (the JSON text ``Module.save`` writes), reporting ``version``.
+
+    ``demo_layout`` comes from the version's manifest (a bare program file is ``shared``).
+    """
     where = source or f"program {version}"
     try:
         state = json.loads(text)
@@ -122,7 +131,7 @@ def load_program_state(
     disallowed = find_disallowed_state(state)
     if disallowed:
         raise ProgramLoadError(f"{where} holds state outside the allowlist at {disallowed[:5]}: refusing it")
-    program = DelegationDecider()
+    program = DelegationDecider(demo_layout)
     try:
         program.load_state(state)  # what Module.load does after reading the file (LM endpoint keys dropped)
     except Exception as err:  # dspy raises several types for an incompatible state
@@ -196,9 +205,10 @@ class DSPyDecider:
         return self._source
 
     def fixed_prefix(self) -> list[dict[str, Any]]:
-        """The messages every request starts with (policy, default team, demos): what the prompt cache keeps."""
-        route = self._source.current.program.route
-        messages = self._adapter.format(route.signature, list(route.demos), {"candidates": "", "task": ""})
+        """The messages every default-team request starts with (policy, default team, demos): what the cache keeps."""
+        program = self._source.current.program
+        demos = program.demos_for(default_team_text())
+        messages = self._adapter.format(program.route.signature, demos, {"candidates": "", "task": ""})
         return messages[:-1]
 
     async def decide(self, request: DelegationRequest) -> DeciderResult:

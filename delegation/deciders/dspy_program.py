@@ -3,7 +3,8 @@
 The answer is label first (``delegation.deciders.label_first``): the id alone, held to the
 candidates by the endpoint's grammar or JSON schema. ``LabelFirstAdapter`` lays the prompt out
 for the server's prompt cache: policy and default team, then the demos as chat turns, all
-byte-identical for every request; the custom candidate list and the task come last.
+byte-identical for every request with the same kind of list (``DemoLayout``); the custom
+candidate list and the task come last.
 
 ``python -c "from delegation.deciders.dspy_program import DelegationDecider; print(DelegationDecider())"``
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
@@ -143,19 +144,44 @@ class LabelFirstAdapter(dspy.Adapter):
         return result
 
 
-class DelegationDecider(dspy.Module):
-    """Predicts the assignee for a task; its demos are what the optimizer tunes."""
+DemoLayout = Literal["shared", "by_list"]
+DEMO_LAYOUTS: tuple[DemoLayout, ...] = ("shared", "by_list")
+"""Which demos a request's prefix holds.
 
-    def __init__(self) -> None:
+``shared``: every request's prefix holds every demo (programs v1-v4). ``by_list``: a
+default-team request's prefix holds only the default-team demos; a custom list's holds them
+all. Each kind of list has its own slot, so both prefixes stay cached, and a default-team
+request (most traffic) attends to a prefix about half as long: every new token costs less.
+"""
+
+
+class DelegationDecider(dspy.Module):
+    """Predicts the assignee for a task; its demos are what the optimizer tunes.
+
+    ``demo_layout`` is not part of the saved state: the version's manifest carries it.
+    """
+
+    def __init__(self, demo_layout: DemoLayout = "shared") -> None:
         super().__init__()
+        if demo_layout not in DEMO_LAYOUTS:
+            raise ValueError(f"unknown demo layout {demo_layout!r}; choose one of {DEMO_LAYOUTS}")
         self.route = dspy.Predict(DelegationSignature)
+        self.demo_layout: DemoLayout = demo_layout
+
+    def demos_for(self, candidates: str) -> list[Any]:
+        """The demos of a request whose candidate list reads ``candidates`` (see ``DemoLayout``)."""
+        demos = list(self.route.demos)
+        if self.demo_layout == "by_list" and is_default_team_text(candidates):
+            return [d for d in demos if is_default_team_text(str(d.get("candidates")))]
+        return demos
 
     def forward(self, candidates: str, task: str, candidate_ids: Sequence[str]) -> Any:
-        return self.route(candidates=candidates, task=task, config=request_config(candidate_ids, candidates))
+        config = request_config(candidate_ids, candidates)
+        return self.route(candidates=candidates, task=task, config=config, demos=self.demos_for(candidates))
 
     async def aforward(self, candidates: str, task: str, candidate_ids: Sequence[str]) -> Any:
         config = request_config(candidate_ids, candidates)
-        return await self.route.acall(candidates=candidates, task=task, config=config)
+        return await self.route.acall(candidates=candidates, task=task, config=config, demos=self.demos_for(candidates))
 
 
 def request_config(candidate_ids: Sequence[str], candidates_text: str) -> dict[str, Any]:

@@ -94,7 +94,7 @@ async def run_decider(
     concurrency: int = 1,
     on_done: Callable[[Outcome], None] | None = None,
 ) -> list[Outcome]:
-    """Decide every example; failures are recorded as outcomes, never raised."""
+    """Decide every example; failures are recorded as outcomes, never raised. Outcomes come in the examples' order."""
     slots = asyncio.Semaphore(concurrency)
 
     async def one(example: LabeledExample) -> Outcome:
@@ -128,7 +128,12 @@ async def run_decider(
             on_done(outcome)
         return outcome
 
-    return list(await asyncio.gather(*(one(e) for e in examples)))
+    # Default-team requests first, then custom lists (each in their own order): on the one offline
+    # slot, a by-list program's two prefixes would otherwise evict each other at every switch.
+    order = sorted(range(len(examples)), key=lambda i: examples[i].assignees is not None)
+    done = await asyncio.gather(*(one(examples[i]) for i in order))
+    by_index = dict(zip(order, done, strict=True))
+    return [by_index[i] for i in range(len(examples))]
 
 
 def summarize(outcomes: Sequence[Outcome], *, variant: str, program_version: str, model: str) -> EvaluationReport:

@@ -22,7 +22,7 @@ import dspy
 from delegation.core.team import candidates_for, default_team
 from delegation.deciders.calibration import Calibration, PriorCorrection
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram
-from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, LabelFirstAdapter
+from delegation.deciders.dspy_program import DelegationDecider, DelegationSignature, DemoLayout, LabelFirstAdapter
 from delegation.deciders.endpoint import LLMEndpoint
 from delegation.deciders.label_first import is_default_team
 from delegation.deciders.policy import format_candidates, format_task
@@ -74,6 +74,9 @@ class OptimizerConfig:
     # Also fit the calibration on the train examples that are not demos (held out from the
     # program all the same): about three times the answers dev alone gives.
     calibrate_on_train: bool = True
+    # Which demos each request's prefix holds (``DemoLayout``): by list, a default-team request
+    # attends to the default-team demos only (a shorter prefix, so each new token costs less).
+    demo_layout: DemoLayout = "by_list"
 
 
 DEFAULT_OPTIMIZER_CONFIG = OptimizerConfig()
@@ -181,9 +184,9 @@ def offline_slots(endpoint: LLMEndpoint) -> tuple[int, int] | None:
     return None if endpoint.slot_plan is None else (OFFLINE_SLOT, OFFLINE_SLOT)
 
 
-def program_with_demos(demos: Sequence[LabeledExample]) -> DelegationDecider:
+def program_with_demos(demos: Sequence[LabeledExample], demo_layout: DemoLayout = "shared") -> DelegationDecider:
     """The module with these examples as its demos (inputs as the serving path sends them, the label as answer)."""
-    program = DelegationDecider()
+    program = DelegationDecider(demo_layout)
     program.route.demos = [to_dspy_example(e) for e in demos]
     return program
 
@@ -274,7 +277,7 @@ def search_demos(
     for count in counts:
         for offset in range(config.sets_per_count):
             seed = config.seed + offset
-            program = program_with_demos(draw_demos(train, count, seed))
+            program = program_with_demos(draw_demos(train, count, seed), config.demo_layout)
             report, outcomes = evaluate_program(
                 program,
                 f"search-{count}-{seed}",
@@ -346,7 +349,10 @@ def optimize(
         parent_version = registry.champion()
         if parent_version is None:
             raise OptimizationError("recalibrate keeps the champion's demos, and there is no champion")
-        program = registry.load(parent_version).program
+        # The champion's demos under this code's policy and the configured layout (the same demos
+        # may serve faster by list); the calibration is fitted again for what the prompt now is.
+        program = DelegationDecider(config.demo_layout)
+        program.route.demos = list(registry.load(parent_version).program.route.demos)
         optimized, outcomes = evaluate_program(
             program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="champion's demos on dev"
         )
@@ -372,6 +378,7 @@ def optimize(
             progress.phase(f"compiling with {optimizer} (max {max_demos} demos, seed {seed}) on {len(train)} examples")
         adapter = LabelFirstAdapter(endpoint.answer_constraint, slots=offline_slots(endpoint))
         program = compile_program(lm, optimizer, train, max_demos=max_demos, seed=seed, adapter=adapter, dev=dev)
+        program.demo_layout = config.demo_layout
         optimized, outcomes = evaluate_program(
             program, "candidate", dev, lm=lm, endpoint=endpoint, progress=progress, label="optimized on dev"
         )
@@ -447,6 +454,7 @@ def optimize(
             "signature_fields": list(DelegationSignature.fields),
             "parent_version": parent,
             "calibration": calibration.model_dump() if calibration is not None else None,
+            "demo_layout": program.demo_layout,
             "status": initial_status,
             "status_reason": status_reason
             or (

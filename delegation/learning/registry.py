@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from delegation.core.settings import Settings
 from delegation.deciders.calibration import ProgramCalibration
 from delegation.deciders.dspy_decider import LoadedProgram, find_disallowed_state, load_program, load_program_state
+from delegation.deciders.dspy_program import DemoLayout
 from delegation.deciders.errors import ProgramLoadError
 from delegation.store.artifacts import ArtifactAuditRow, ArtifactStore, StateChange
 from delegation.store.database import Database, database_for, operator_name
@@ -84,6 +85,8 @@ class Manifest(BaseModel):
     parent_version: int | None
     # Fitted by the optimizer on held-out answers; applied to the model's probabilities when serving.
     calibration: ProgramCalibration | None = None
+    # Which demos each request's prefix holds (``DemoLayout``); versions written before it are shared.
+    demo_layout: DemoLayout = "shared"
     status: Status
     status_reason: str
 
@@ -223,7 +226,10 @@ class ArtifactRegistry:
         content, manifest = self.verify(version)
         try:
             return load_program_state(
-                content.decode("utf-8"), program_filename(version).removesuffix(".json"), manifest.calibration
+                content.decode("utf-8"),
+                program_filename(version).removesuffix(".json"),
+                manifest.calibration,
+                demo_layout=manifest.demo_layout,
             )
         except ProgramLoadError as err:
             raise RegistryError(str(err)) from None

@@ -30,3 +30,10 @@ def test_a_searched_champion_keeps_its_optimizer_and_calibration(tmp_path: Path)
     config = challenger_config(searched)
     assert (config.optimizer, config.max_demos, config.seed) == ("bootstrap", 8, 11)
     assert config.calibration == DEFAULT_OPTIMIZER_CONFIG.calibration
+
+
+def test_the_challenger_serves_its_demos_as_the_champion_does(tmp_path: Path) -> None:
+    shipped = sqlite_registry(tmp_path).manifest(SHIPPED_CHAMPION)
+    for layout in ("shared", "by_list"):
+        champion = shipped.model_copy(update={"demo_layout": layout})
+        assert challenger_config(champion).demo_layout == layout

@@ -123,3 +123,17 @@ def test_decide_rejects_bad_input_before_contacting_temporal() -> None:
     result = runner.invoke(app, ["decide", "--title", "   ", "--priority", "critical"])
     assert result.exit_code == 2
     assert "title" in result.output and "priority" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        (["--demo-layout", "by_team"], "--demo-layout must be one of ('shared', 'by_list'), not 'by_team'"),
+        (["--optimizer", "grid"], "--optimizer must be one of"),
+        (["--calibration", "isotonic"], "--calibration must be one of"),
+    ],
+)
+def test_optimize_refuses_an_unknown_setting_by_name_before_any_work(option: list[str], named: str) -> None:
+    result = runner.invoke(app, ["optimize", *option])
+    assert result.exit_code == 2
+    assert named in result.output

@@ -11,6 +11,7 @@ import pytest
 
 from delegation.activities.deciders import as_application_error
 from delegation.core.models import Assignee
+from delegation.core.team import default_team
 from delegation.deciders.calibration import Calibration
 from delegation.deciders.dspy_decider import BASE_PROGRAM_VERSION, DSPyDecider, LoadedProgram, load_program
 from delegation.deciders.dspy_program import DelegationDecider
@@ -256,3 +257,53 @@ async def test_a_first_token_shared_by_two_ids_is_asked_again_in_full() -> None:
     assert [r["max_tokens"] > 1 for r in server.requests] == [False, True]
     assert result.decision.assignee_id == "community-moderator"
     assert result.decision.confidence == pytest.approx(0.7)
+
+
+def _program_with_both_kinds_of_demo(demo_layout: str) -> LoadedProgram:
+    from delegation.deciders.policy import format_candidates, format_task
+
+    program = DelegationDecider(demo_layout)  # type: ignore[arg-type]
+    program.route.demos = [
+        dspy.Example(
+            candidates=format_candidates(team), task=format_task(title, "", "normal"), assignee_id=answer
+        ).with_inputs("candidates", "task")
+        for team, title, answer in (
+            (default_team(), "Reimburse Ana's train ticket", "finance-manager"),
+            (CUSTOM_TEAM, "Ship the pallets to Leeds", "logistics"),
+            (default_team(), "Password reset for Sven", "it-ops-agent"),
+        )
+    ]
+    return LoadedProgram(program, "layout-test")
+
+
+def _demo_answers(sent: dict) -> list[str]:
+    return [m["content"] for m in sent["messages"] if m["role"] == "assistant"]
+
+
+async def test_by_list_a_default_team_request_reads_only_the_default_team_demos() -> None:
+    program = _program_with_both_kinds_of_demo("by_list")
+    with ScriptedOpenAI(lambda _: routing_answer("self", 0.9, grammar=True)) as server:
+        decider = _decider(server, program, constraint="grammar")
+        await decider.decide(request("Summarize the notes"))
+        await decider.decide(request("Translate the brief"))
+        await decider.decide(request("Book the van", assignees=CUSTOM_TEAM))
+    default_a, default_b, custom = server.requests
+    assert _demo_answers(default_a) == ["finance-manager", "it-ops-agent"]
+    assert default_a["messages"][:-1] == default_b["messages"][:-1]  # still one cached prefix per kind of list
+    assert _demo_answers(custom) == ["finance-manager", "logistics", "it-ops-agent"]
+    assert decider.fixed_prefix() == default_a["messages"][:-1]  # what the warm-up saves and keys the slot by
+
+
+async def test_shared_every_request_reads_every_demo() -> None:
+    program = _program_with_both_kinds_of_demo("shared")
+    with ScriptedOpenAI(lambda _: routing_answer("self", 0.9, grammar=True)) as server:
+        decider = _decider(server, program, constraint="grammar")
+        await decider.decide(request("Summarize the notes"))
+        await decider.decide(request("Book the van", assignees=CUSTOM_TEAM))
+    assert [_demo_answers(r) for r in server.requests] == [["finance-manager", "logistics", "it-ops-agent"]] * 2
+    assert server.requests[0]["messages"][:-1] == server.requests[1]["messages"][:-1]
+
+
+def test_an_unknown_demo_layout_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown demo layout 'by_team'"):
+        DelegationDecider("by_team")  # type: ignore[arg-type]

@@ -218,6 +218,19 @@ async def test_run_decider_records_outcomes_in_order_and_failures_as_errors(conc
     assert sorted(o.example_id for o in done) == ["e-1", "e-2", "e-3", "e-4"]
 
 
+async def test_default_team_requests_run_before_custom_lists_and_outcomes_keep_the_examples_order() -> None:
+    custom = [
+        LabeledExample(id=f"c-{k}", title=f"Book truck {k}", assignees=CUSTOM_TEAM, label="logistics") for k in (1, 2)
+    ]
+    examples = [custom[0], EXAMPLES[0], custom[1], EXAMPLES[1]]
+    decider = StubDecider({e.title: e.label for e in examples}, failing_title="(none)")
+    outcomes = await run_decider(decider, examples)
+    # One offline slot holds one prefix: the two kinds of list are not interleaved.
+    assert decider.seen == [EXAMPLES[0].title, EXAMPLES[1].title, "Book truck 1", "Book truck 2"]
+    assert [o.example_id for o in outcomes] == ["c-1", "e-1", "c-2", "e-2"]
+    assert all(o.correct for o in outcomes)
+
+
 async def test_steering_and_own_list_accuracies_are_reported_on_their_subsets() -> None:
     examples = [
         *EXAMPLES,

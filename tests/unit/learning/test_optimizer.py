@@ -275,8 +275,9 @@ LEANING = [
 ]
 
 
+@pytest.mark.parametrize("demo_layout", ["by_list", "shared"])
 def test_recalibrate_keeps_the_champions_demos_and_fits_a_prior_correction_that_undoes_a_lean(
-    tmp_path: Path,
+    tmp_path: Path, demo_layout: str
 ) -> None:
     registry = sqlite_registry(tmp_path, tmp_path / "builtin")
     train = [e for e in LEANING if int(e.id[2:]) < 24]
@@ -290,12 +291,21 @@ def test_recalibrate_keeps_the_champions_demos_and_fits_a_prior_correction_that_
             dev=dev,
         )
         registry.promote(first.manifest.version)
-        result = _optimize(server, registry, OptimizerConfig("recalibrate"), train=train, dev=dev)
+        result = _optimize(
+            server,
+            registry,
+            OptimizerConfig("recalibrate", demo_layout=demo_layout),
+            train=train,
+            dev=dev,  # type: ignore[arg-type]
+        )
     manifest = result.manifest
     assert manifest.parent_version == first.manifest.version
     assert manifest.optimizer_params["demos_of_version"] == first.manifest.version
     champion_demos = registry.load(first.manifest.version).program.route.demos
     assert registry.load(manifest.version).program.route.demos == champion_demos
+    # New versions serve by list unless told otherwise; the layout is the manifest's.
+    assert first.manifest.demo_layout == "by_list"
+    assert manifest.demo_layout == registry.load(manifest.version).program.demo_layout == demo_layout
     correction = manifest.calibration
     assert isinstance(correction, PriorCorrection)
     assert correction.fitted_on == f"dev ({len(dev)}) + train non-demos ({len(train) - 2})"

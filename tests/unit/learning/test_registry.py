@@ -112,6 +112,29 @@ def test_write_version_stores_program_and_manifest_with_matching_hash(
     assert loaded.program.route.demos[0]["assignee_id"] == "self"
 
 
+def test_the_demo_layout_comes_back_from_the_manifest_and_older_manifests_read_as_shared(
+    registry: ArtifactRegistry,
+) -> None:
+    registry.write_version(_program(with_demo=True), manifest_fields(demo_layout="by_list"))
+    registry.write_version(_program(with_demo=True), manifest_fields())  # a manifest written before the field
+    assert registry.manifest(1).demo_layout == "by_list"
+    assert registry.load(1).program.demo_layout == "by_list"
+    assert registry.manifest(2).demo_layout == "shared"
+    assert registry.load(2).program.demo_layout == "shared"
+
+
+def test_a_manifest_with_an_unknown_demo_layout_is_refused_by_field() -> None:
+    with pytest.raises(ValidationError, match="demo_layout"):
+        Manifest.model_validate(
+            {
+                **manifest_fields(demo_layout="by_team"),
+                "version": 1,
+                "sha256": "c" * 64,
+                "created_at": "2026-12-08T00:00:00Z",
+            }
+        )
+
+
 def test_second_write_is_v2_and_never_touches_v1(registry: ArtifactRegistry) -> None:
     registry.write_version(_program(), manifest_fields())
     v1 = _row(registry, 1)
