@@ -34,6 +34,7 @@ from delegation.learning.dataset import DEFAULT_DATASET, LabeledExample
 from delegation.learning.evaluation import EvaluationReport, Outcome, mcnemar_test, summarize
 from delegation.learning.optimizer import relative_improvement
 from delegation.rollout.arm_metrics import percentile
+from delegation.worker.main import WARM_UP_TIMEOUT_S
 
 console = Console(width=160)
 
@@ -155,18 +156,24 @@ def main(
     for label, variant, program in (("DSPy champion", "dspy", version), ("Instructor", "instructor", "-")):
         counts: dict[str, tuple[float, float]] = {}
 
-        def fresh(variant: str = variant, program: str = program, counts: dict = counts) -> TokenCounting:
+        def fresh(
+            variant: str = variant, program: str = program, counts: dict = counts, timeout_s: float | None = None
+        ) -> TokenCounting:
             # A decider per pass: each pass runs in its own event loop, and a client's pooled
             # connections belong to the loop that opened them.
-            inner = _decider(settings, variant, program)
+            pass_settings = settings if timeout_s is None else settings.model_copy(update={"llm_timeout_s": timeout_s})
+            inner = _decider(pass_settings, variant, program)
             endpoint = getattr(inner, "_endpoint", None)
             embedded = bool(getattr(endpoint, "embedded", False))
             url = str(getattr(endpoint, "base_url", "")).removesuffix("/v1") + "/metrics" if embedded else None
             key = endpoint.api_key.get_secret_value() if endpoint is not None else ""
             return TokenCounting(inner, url, counts, key)
 
-        # Once through, so the timed pass starts from a warm prefix as a served worker does after its warm-up.
-        _run(fresh(), examples[:1], f"{label}: warming the prefix")
+        # As a worker's warm-up does before serving: one default-team request and one custom list, under
+        # the warm-up's timeout (a first prefill of the longest prefix takes over a minute on 2 cores),
+        # so the timed pass starts from warm prefixes in both slots.
+        warm = [e for e in examples if e.assignees is None][:1] + custom[:1]
+        _run(fresh(timeout_s=WARM_UP_TIMEOUT_S), warm, f"{label}: warming the prefixes")
         counts.clear()
         decider = fresh()
         outcomes[label] = _run(decider, examples, f"{label} on {len(examples)} {split} examples")

@@ -45,7 +45,7 @@ def request(title: str = "Fix the production database outage", **kwargs: object)
 
 
 # The version shipped as champion in delegation/learning/artifacts (what a fresh clone serves).
-SHIPPED_CHAMPION = 4
+SHIPPED_CHAMPION = 5
 
 CUSTOM_TEAM = [
     Assignee(id="self", name="Assistant", kind="agent", description="Writes, replies, summarizes and schedules."),

@@ -1,9 +1,11 @@
-"""A fresh clone has a champion: version 4, shipped in delegation/learning/artifacts and verified like any other.
+"""A fresh clone has a champion: version 5, shipped in delegation/learning/artifacts and verified like any other.
 
-Version 4 is version 2's demos (kept by version 3) with a prior correction that has cross
-weights and custom-list place shifts; versions 2 (Platt scaling) and 3 (shifts alone) stay as
-retired history that still loads. Version 1 is retired history too: it was built for the JSON
-answer with a generated confidence and reason, and the registry refuses it with that reason.
+Version 5 is version 2's demos (kept by versions 3 and 4) served by list (a default-team
+request reads only the default-team demos), with the prior correction fitted again; versions
+2 (Platt scaling), 3 (shifts alone) and 4 (cross weights and place shifts, every demo in
+every prefix) stay as retired history that still loads. Version 1 is retired history too: it
+was built for the JSON answer with a generated confidence and reason, and the registry
+refuses it with that reason.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ def test_fresh_clone_serves_the_shipped_champion(tmp_path: Path) -> None:
     assert ChampionProgram(registry).current.version == f"optimized_delegation_v{SHIPPED}"
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_earlier_versions_are_retired_history_that_still_load_with_the_champions_demos(
     tmp_path: Path, version: int
 ) -> None:
     registry = sqlite_registry(tmp_path)
     assert registry.manifest(version).status == "retired"
-    assert registry.manifest(SHIPPED).optimizer_params["demos_of_version"] == 3
+    assert registry.manifest(SHIPPED).optimizer_params["demos_of_version"] == 4
     assert registry.load(version).program.route.demos == registry.load(SHIPPED).program.route.demos
+    # Every earlier version put every demo in every prefix; the champion serves them by list.
+    assert registry.load(version).program.demo_layout == "shared"
+    assert registry.load(SHIPPED).program.demo_layout == "by_list"
 
 
 def test_version_1_is_retired_history_and_refused_with_its_reason(tmp_path: Path) -> None:
