@@ -184,7 +184,7 @@ def offline_slots(endpoint: LLMEndpoint) -> tuple[int, int] | None:
     return None if endpoint.slot_plan is None else (OFFLINE_SLOT, OFFLINE_SLOT)
 
 
-def program_with_demos(demos: Sequence[LabeledExample], demo_layout: DemoLayout = "shared") -> DelegationDecider:
+def program_with_demos(demos: Sequence[LabeledExample], demo_layout: DemoLayout) -> DelegationDecider:
     """The module with these examples as its demos (inputs as the serving path sends them, the label as answer)."""
     program = DelegationDecider(demo_layout)
     program.route.demos = [to_dspy_example(e) for e in demos]
